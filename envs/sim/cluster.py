@@ -1,0 +1,311 @@
+"""A simulated Dynamo deployment: workload, routers, workers and the P->D KV transfer.
+
+Aggregated flow: the router picks a worker, which prefills and decodes.
+Disaggregated flow (Dynamo 1.6.1): the prefill router (KV-aware, no decode-block tracking) picks
+a prefill worker; when its prefill pass ends, the decode router (credit 0, no prefill tracking,
+no KV-reuse assumption, as the frontend forces) picks a decode worker, the prompt's KV moves over
+the link (bytes = input tokens x kv_bytes_per_token), the prefill worker's blocks are released,
+and the decode worker produces every output token - so TTFT includes one decode pass.
+
+Knobs can change while the simulation runs (`set_router_override`); each request is routed with
+the knobs in force when it arrives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import simpy
+
+from envs.sim.config import ScenarioConfig
+from envs.sim.engine import Engine, Sequence
+from envs.sim.records import RequestRecord, RouteDecision, Stage
+from envs.sim.router import Knobs, Router, apply_override
+from envs.sim.timing import TimingModel
+from envs.sim.workload import Session, Turn, prompt_block_hashes, sequence_block_hashes
+
+# The decode stage's forced override in Dynamo 1.6.1's frontend.
+_DECODE_OVERRIDE = {"overlap_score_credit": 0.0, "assume_kv_reuse": False, "track_prefill_tokens": False}
+
+
+class _Flight:
+    """A request in flight, gathering what its record will say."""
+
+    __slots__ = (
+        "arrival_s",
+        "cached_tokens",
+        "decisions",
+        "decode_worker",
+        "done",
+        "first_token_s",
+        "input_tokens",
+        "output_tokens",
+        "prefill_end_s",
+        "prefill_start_s",
+        "prefill_worker",
+        "prompt_hashes",
+        "request_id",
+        "seq_hashes",
+        "session_id",
+        "transfer_end_s",
+        "transfer_start_s",
+        "turn",
+    )
+
+    def __init__(self, request_id: int, session_id: int, turn: int, arrival_s: float, spec: Turn) -> None:
+        self.request_id = request_id
+        self.session_id = session_id
+        self.turn = turn
+        self.arrival_s = arrival_s
+        self.input_tokens = spec.input_tokens
+        self.output_tokens = spec.output_tokens
+        self.decisions: list[RouteDecision] = []
+        self.prefill_worker = self.decode_worker = -1
+        self.prefill_start_s = self.prefill_end_s = self.first_token_s = -1.0
+        self.transfer_start_s = self.transfer_end_s = -1.0
+        self.cached_tokens = 0
+        self.prompt_hashes: tuple[int, ...] = ()
+        self.seq_hashes: tuple[int, ...] = ()
+        self.done: simpy.Event | None = None
+
+
+ProgressHook = Callable[[float, int], None]
+
+
+class Cluster:
+    """The whole simulated deployment on one simpy environment."""
+
+    def __init__(
+        self,
+        scenario: ScenarioConfig,
+        sessions: Iterator[Session],
+        timing: TimingModel,
+        routing_rng: np.random.Generator,
+        block_tokens: int,
+    ) -> None:
+        self.scenario = scenario
+        self.env = simpy.Environment()
+        self.records: list[RequestRecord] = []
+        self.block_tokens = block_tokens
+        self._sessions = sessions
+        self._request_ids = itertools.count()
+        self._num_dispatched = 0
+        self._knobs = Knobs.from_config(scenario.router)
+        self._progress: ProgressHook | None = None
+        self._build_workers(timing)
+        self._build_routers(routing_rng)
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _build_workers(self, timing: TimingModel) -> None:
+        topo = self.scenario.topology
+        if topo.mode == "agg":
+            kinds = ["agg"] * topo.num_workers
+        else:
+            kinds = ["prefill"] * topo.num_prefill_workers + ["decode"] * topo.num_decode_workers
+        self.engines = [
+            Engine(self.env, wid, kind, self.scenario.engine_for(kind), timing, self._on_first_token, self._on_done)
+            for wid, kind in enumerate(kinds)
+        ]
+        self.block_size = self.engines[0].block_size
+        if any(engine.block_size != self.block_size for engine in self.engines):
+            raise ValueError("all workers of a deployment must use the same block_size")
+
+    def _build_routers(self, rng: np.random.Generator) -> None:
+        config = self.scenario.router
+        by_kind = {kind: [e.worker_id for e in self.engines if e.kind == kind] for kind in ("agg", "prefill", "decode")}
+        if self.scenario.topology.mode == "agg":
+            self.router = Router(config, Stage.AGG, by_kind["agg"], self.block_size, self._overlap, rng)
+            self.decode_router = None
+            return
+        prefill_config = dataclasses.replace(config, track_active_blocks=False)
+        self.router = Router(prefill_config, Stage.PREFILL, by_kind["prefill"], self.block_size, self._overlap, rng)
+        self.decode_router = Router(config, Stage.DECODE, by_kind["decode"], self.block_size, self._overlap, rng)
+
+    def _overlap(self, worker: int, block_hashes: tuple[int, ...], num_blocks: int) -> int:
+        return self.engines[worker].pool.match_prefix(block_hashes, num_blocks)
+
+    # -- control ------------------------------------------------------------------------------
+
+    @property
+    def knobs(self) -> Knobs:
+        return self._knobs
+
+    def set_router_override(self, override: dict[str, float | bool | None] | None) -> None:
+        """Route every request from now on with the scenario's knobs plus this override."""
+        self._knobs = apply_override(Knobs.from_config(self.scenario.router), override)
+
+    def on_progress(self, hook: ProgressHook) -> None:
+        self._progress = hook
+
+    @property
+    def now_s(self) -> float:
+        return self.env.now
+
+    # -- workload -----------------------------------------------------------------------------
+
+    def start_open_loop(self, starts: Iterator[float]) -> None:
+        self.env.process(self._arrivals(starts))
+
+    def start_closed_loop(self, concurrency: Callable[[float], int], change_times: list[float]) -> None:
+        self._concurrency = concurrency
+        self._num_clients = 0
+        self._spawn_clients()
+        for at_s in change_times:
+            self.env.process(self._at(at_s, self._spawn_clients))
+
+    def _accepting(self) -> bool:
+        limit = self.scenario.workload.num_requests
+        duration = self.scenario.duration_s
+        if limit is not None and self._num_dispatched >= limit:
+            return False
+        return duration is None or self.env.now < duration
+
+    def _arrivals(self, starts: Iterator[float]):
+        for session in self._sessions:
+            start_s = session.start_s if self.scenario.workload.arrival == "trace" else next(starts)
+            if start_s > self.env.now:
+                yield self.env.timeout(start_s - self.env.now)
+            if not self._accepting():
+                return
+            self.env.process(self._run_session(session))
+
+    def _at(self, at_s: float, action: Callable[[], None]):
+        yield self.env.timeout(at_s)
+        action()
+
+    def _spawn_clients(self) -> None:
+        while self._num_clients < self._concurrency(self.env.now):
+            self._num_clients += 1
+            self.env.process(self._client())
+
+    def _client(self):
+        while self._accepting() and self._num_clients <= self._concurrency(self.env.now):
+            session = next(self._sessions, None)
+            if session is None:
+                break
+            yield from self._run_session(session)
+        self._num_clients -= 1
+
+    def _run_session(self, session: Session):
+        for turn_index, turn in enumerate(session.turns):
+            if turn_index and turn.delay_s > 0:
+                yield self.env.timeout(turn.delay_s)
+            if not self._accepting():
+                return
+            flight = self._dispatch(session.session_id, turn_index, turn)
+            yield flight.done
+
+    # -- request flow -------------------------------------------------------------------------
+
+    def _dispatch(self, session_id: int, turn_index: int, turn: Turn) -> _Flight:
+        self._num_dispatched += 1
+        rid = next(self._request_ids)
+        flight = _Flight(rid, session_id, turn_index, self.env.now, turn)
+        flight.done = self.env.event()
+        bs = self.block_size
+        flight.prompt_hashes = prompt_block_hashes(turn.hash_ids, turn.input_tokens, self.block_tokens, bs)
+        flight.seq_hashes = sequence_block_hashes(
+            flight.prompt_hashes, turn.input_tokens, turn.output_tokens, bs, rid
+        )
+        knobs = self._knobs
+        decision = self.router.route(rid, turn.input_tokens, flight.prompt_hashes, knobs, self.env.now)
+        flight.decisions.append(decision)
+        flight.prefill_worker = decision.chosen
+        disagg = self.decode_router is not None
+        target = 1 if disagg else turn.output_tokens
+        hashes = flight.prompt_hashes if disagg else flight.seq_hashes
+        seq = Sequence(rid, turn.input_tokens, target, hashes)
+        seq.owner = flight
+        self.engines[decision.chosen].submit(seq)
+        return flight
+
+    def _on_first_token(self, seq: Sequence, now_s: float) -> None:
+        flight: _Flight = seq.owner  # type: ignore[assignment]
+        engine_kind = self.engines[flight.prefill_worker].kind if flight.decode_worker < 0 else "decode"
+        if engine_kind == "decode":
+            flight.first_token_s = now_s
+            return
+        flight.prefill_start_s = seq.scheduled_s
+        flight.prefill_end_s = now_s
+        flight.cached_tokens = seq.reused_tokens
+        self.router.prefill_done(flight.request_id)
+        if engine_kind == "agg":
+            flight.first_token_s = now_s
+
+    def _on_done(self, seq: Sequence, now_s: float) -> None:
+        flight: _Flight = seq.owner  # type: ignore[assignment]
+        if self.decode_router is None:
+            flight.decode_worker = flight.prefill_worker
+            self.router.free(flight.request_id)
+            self._complete(flight, seq, now_s)
+        elif flight.decode_worker < 0:
+            self.router.free(flight.request_id)
+            self._hand_off(flight, seq, now_s)
+        else:
+            self.decode_router.free(flight.request_id)
+            self._complete(flight, seq, now_s)
+
+    def _hand_off(self, flight: _Flight, prefill_seq: Sequence, now_s: float) -> None:
+        """Prefill finished: pick a decode worker and move the prompt's KV blocks there."""
+        assert self.decode_router is not None
+        knobs = apply_override(self._knobs, _DECODE_OVERRIDE)
+        decision = self.decode_router.route(
+            flight.request_id, flight.input_tokens, flight.prompt_hashes, knobs, now_s
+        )
+        flight.decisions.append(decision)
+        flight.decode_worker = decision.chosen
+        flight.transfer_start_s = now_s
+        link = self.scenario.topology.kv_transfer
+        delay_s = link.latency_ms / 1000.0
+        if link.bandwidth_gbps > 0:
+            delay_s += flight.input_tokens * self.scenario.model.kv_bytes_per_token / (link.bandwidth_gbps * 1e9)
+        decode_seq = Sequence(
+            flight.request_id, flight.input_tokens, flight.output_tokens, flight.seq_hashes, skip_prefill=True
+        )
+        decode_seq.owner = flight
+        if delay_s <= 0:
+            self._arrive_at_decode(flight, prefill_seq, decode_seq)
+        else:
+            self.env.process(self._transfer(flight, prefill_seq, decode_seq, delay_s))
+
+    def _transfer(self, flight: _Flight, prefill_seq: Sequence, decode_seq: Sequence, delay_s: float):
+        yield self.env.timeout(delay_s)
+        self._arrive_at_decode(flight, prefill_seq, decode_seq)
+
+    def _arrive_at_decode(self, flight: _Flight, prefill_seq: Sequence, decode_seq: Sequence) -> None:
+        flight.transfer_end_s = self.env.now
+        self.engines[flight.prefill_worker].release(prefill_seq)
+        self.engines[flight.decode_worker].submit(decode_seq)
+
+    def _complete(self, flight: _Flight, seq: Sequence, now_s: float) -> None:
+        if flight.transfer_start_s < 0:
+            flight.transfer_start_s = flight.transfer_end_s = flight.prefill_end_s
+        record = RequestRecord(
+            request_id=flight.request_id,
+            session_id=flight.session_id,
+            turn=flight.turn,
+            arrival_s=flight.arrival_s,
+            input_tokens=flight.input_tokens,
+            output_tokens=flight.output_tokens,
+            cached_tokens=flight.cached_tokens,
+            prefill_worker=flight.prefill_worker,
+            decode_worker=flight.decode_worker,
+            prefill_start_s=flight.prefill_start_s,
+            prefill_end_s=flight.prefill_end_s,
+            transfer_start_s=flight.transfer_start_s,
+            transfer_end_s=flight.transfer_end_s,
+            first_token_s=flight.first_token_s,
+            last_token_s=now_s,
+            num_preemptions=seq.num_preemptions,
+            decisions=tuple(flight.decisions),
+        )
+        self.records.append(record)
+        assert flight.done is not None
+        flight.done.succeed()
+        if self._progress is not None and len(self.records) % 256 == 0:
+            self._progress(now_s, len(self.records))
+

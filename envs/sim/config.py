@@ -1,0 +1,188 @@
+"""Typed, validated configuration of one simulated deployment.
+
+Every component has one frozen config dataclass, validated on construction (pydantic). Unknown
+fields are rejected, so a typo in a scenario file is an error, not a silently ignored knob.
+Defaults follow Dynamo 1.6.1 (`dynamo.mocker` and the KV router) unless a comment says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field, model_validator
+from pydantic.dataclasses import dataclass
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+RouterMode = Literal["kv", "round_robin", "random", "power_of_two", "least_loaded"]
+
+
+@dataclass(config=_STRICT)
+class EngineConfig:
+    """One worker's vLLM-v1-style engine (the mocker's `vllm` engine type)."""
+
+    block_size: int = Field(64, gt=0, le=4096)
+    num_gpu_blocks: int = Field(16384, gt=0)
+    max_num_seqs: int = Field(256, gt=0)
+    max_num_batched_tokens: int = Field(8192, gt=0)
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    preemption_mode: Literal["lifo", "fifo"] = "lifo"
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_gpu_blocks * self.block_size
+
+
+@dataclass(config=_STRICT)
+class ModelConfig:
+    """The model shape that sets the KV-cache footprint (bytes per token moved P->D)."""
+
+    name: str = "tiny"
+    num_layers: int = Field(32, gt=0)
+    num_kv_heads: int = Field(8, gt=0)
+    head_dim: int = Field(128, gt=0)
+    kv_dtype_bytes: float = Field(2.0, gt=0)
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        # K and V, per layer, per KV head (the mocker's auto value from config.json).
+        return 2.0 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_dtype_bytes
+
+
+@dataclass(config=_STRICT)
+class TimingConfig:
+    """How long one engine pass takes.
+
+    `polynomial` is the mocker's default formula; `profile` interpolates a mocker-format profile
+    (the NPZ arrays are loaded at the edge and passed to the timing model, never read here).
+    """
+
+    kind: Literal["polynomial", "profile"] = "polynomial"
+    profile_path: str | None = None
+    speedup_ratio: float = Field(1.0, gt=0)
+    decode_speedup_ratio: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _profile_needs_path(self) -> TimingConfig:
+        if self.kind == "profile" and not self.profile_path:
+            raise ValueError("kind 'profile' needs profile_path (a mocker-format .npz)")
+        return self
+
+
+@dataclass(config=_STRICT)
+class KvTransferConfig:
+    """The link that carries KV blocks from a prefill worker to a decode worker."""
+
+    bandwidth_gbps: float = Field(64.0, ge=0)  # GB/s; 0 means no transfer delay (as the mocker)
+    latency_ms: float = Field(0.0, ge=0)
+
+
+@dataclass(config=_STRICT)
+class RouterConfig:
+    """Dynamo 1.6.1 router: the mode and the KV router's cost knobs (`KvRouterConfig`)."""
+
+    mode: RouterMode = "kv"
+    overlap_score_credit: float = Field(1.0, ge=0, allow_inf_nan=False)
+    overlap_score_credit_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    prefill_load_scale: float = Field(1.0, ge=0, allow_inf_nan=False)
+    overlap_score_weight: float | None = Field(None, ge=0, allow_inf_nan=False)  # v0.9 name
+    decode_active_request_weight: float = Field(0.0, ge=0, allow_inf_nan=False)
+    host_cache_hit_weight: float = Field(0.75, ge=0, allow_inf_nan=False)
+    disk_cache_hit_weight: float = Field(0.25, ge=0, allow_inf_nan=False)
+    router_temperature: float = Field(0.0, ge=0, allow_inf_nan=False)
+    assume_kv_reuse: bool = True
+    track_prefill_tokens: bool = True
+    track_active_blocks: bool = True
+
+
+@dataclass(config=_STRICT)
+class TopologyConfig:
+    """Aggregated workers, or prefill and decode pools (disaggregated serving)."""
+
+    mode: Literal["agg", "disagg"] = "agg"
+    num_workers: int = Field(1, gt=0)
+    num_prefill_workers: int = Field(1, gt=0)
+    num_decode_workers: int = Field(1, gt=0)
+    prefill_engine: EngineConfig | None = None
+    decode_engine: EngineConfig | None = None
+    kv_transfer: KvTransferConfig = KvTransferConfig()
+
+
+@dataclass(config=_STRICT)
+class LoadStep:
+    """From `at_s` on, the load is `value` (concurrency for closed loop, requests/s otherwise)."""
+
+    at_s: float = Field(ge=0)
+    value: float = Field(gt=0)
+
+
+@dataclass(config=_STRICT)
+class WorkloadConfig:
+    """Who sends what, and when.
+
+    Arrivals: `closed_loop` (C clients, each sends its next request when the last finishes),
+    `poisson` and `gamma` (open loop; gamma with coefficient of variation `burstiness_cv`), or
+    `trace` (a Mooncake-format JSONL replayed at its timestamps, or closed loop if `concurrency`
+    is set).
+    """
+
+    arrival: Literal["closed_loop", "poisson", "gamma", "trace"] = "poisson"
+    rate_rps: float = Field(10.0, gt=0)
+    concurrency: int | None = Field(None, gt=0)
+    burstiness_cv: float = Field(1.0, gt=0)
+    num_requests: int | None = Field(None, gt=0)
+    isl_tokens: int = Field(1024, gt=0)
+    osl_tokens: int = Field(128, gt=0)
+    isl_jitter: float = Field(0.0, ge=0, lt=1)  # uniform +-fraction around isl_tokens
+    osl_jitter: float = Field(0.0, ge=0, lt=1)
+    shared_prefix_ratio: float = Field(0.0, ge=0, le=1)
+    num_prefix_groups: int = Field(1, gt=0)
+    turns_per_session: int = Field(1, gt=0)
+    inter_turn_delay_s: float = Field(0.0, ge=0)
+    trace_path: str | None = None
+    trace_block_tokens: int = Field(512, gt=0)
+    trace_time_scale: float = Field(1.0, gt=0)  # >1 compresses the trace's timeline
+    load_schedule: tuple[LoadStep, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkloadConfig:
+        if self.arrival == "trace" and not self.trace_path:
+            raise ValueError("arrival 'trace' needs trace_path (a Mooncake-format .jsonl)")
+        if self.arrival == "closed_loop" and self.concurrency is None:
+            raise ValueError("arrival 'closed_loop' needs concurrency (the number of clients)")
+        starts = [step.at_s for step in self.load_schedule]
+        if starts != sorted(starts):
+            raise ValueError("load_schedule steps must be in increasing at_s order")
+        return self
+
+
+@dataclass(config=_STRICT)
+class ScenarioConfig:
+    """A whole simulated experiment: deployment, workload, router and run length."""
+
+    name: str = "scenario"
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    duration_s: float | None = Field(None, gt=0)
+    warmup_s: float = Field(0.0, ge=0)
+    topology: TopologyConfig = TopologyConfig()
+    engine: EngineConfig = EngineConfig()
+    model: ModelConfig = ModelConfig()
+    timing: TimingConfig = TimingConfig()
+    router: RouterConfig = RouterConfig()
+    workload: WorkloadConfig = WorkloadConfig()
+
+    @model_validator(mode="after")
+    def _has_end(self) -> ScenarioConfig:
+        if self.duration_s is None and self.workload.num_requests is None and self.workload.arrival != "trace":
+            raise ValueError("set duration_s or workload.num_requests, or the run never ends")
+        return self
+
+    def engine_for(self, kind: str) -> EngineConfig:
+        """The engine config of a worker kind (`agg`, `prefill` or `decode`)."""
+        if kind == "prefill" and self.topology.prefill_engine is not None:
+            return self.topology.prefill_engine
+        if kind == "decode" and self.topology.decode_engine is not None:
+            return self.topology.decode_engine
+        return self.engine

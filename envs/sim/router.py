@@ -1,0 +1,314 @@
+"""Dynamo 1.6.1's routers: the KV-aware cost router and the load-based baselines.
+
+The KV router's cost for worker w (lower is better; `lib/kv-router` `DefaultWorkerScorer`):
+
+    raw_prefill_blocks_w = (active_prefill_tokens_w + isl) / B          (0 if track_prefill_tokens off)
+    decay_w  = 1 / (1 + credit_decay * ((active_prefill_w - min_w' active_prefill_w') / B) / request_blocks)
+    credit_w = overlap_score_credit * decay_w * overlap_blocks_w
+    cost_w   = prefill_load_scale * max(0, raw_prefill_blocks_w - credit_w)
+             + potential_decode_blocks_w + decode_active_request_weight * active_requests_w
+
+Selection takes the argmin with a uniformly random tie-break, or at temperature T > 0 samples
+p_w ~ exp(-(cost_w - min) / ((max - min) * T)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+
+from envs.sim.config import RouterConfig
+from envs.sim.records import RouteDecision, Stage
+
+
+@dataclass(frozen=True, slots=True)
+class Knobs:
+    """The knobs one request is routed with, after per-request overrides."""
+
+    overlap_score_credit: float = 1.0
+    prefill_load_scale: float = 1.0
+    router_temperature: float = 0.0
+    assume_kv_reuse: bool = True
+    track_prefill_tokens: bool = True
+
+    @classmethod
+    def from_config(cls, config: RouterConfig) -> Knobs:
+        knobs = cls(
+            config.overlap_score_credit,
+            config.prefill_load_scale,
+            config.router_temperature,
+            config.assume_kv_reuse,
+            config.track_prefill_tokens,
+        )
+        return apply_override(knobs, {"overlap_score_weight": config.overlap_score_weight})
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return {
+            "overlap_score_credit": self.overlap_score_credit,
+            "prefill_load_scale": self.prefill_load_scale,
+            "router_temperature": self.router_temperature,
+            "assume_kv_reuse": self.assume_kv_reuse,
+            "track_prefill_tokens": self.track_prefill_tokens,
+        }
+
+
+OVERRIDE_FIELDS = frozenset(
+    {
+        "overlap_score_credit",
+        "prefill_load_scale",
+        "router_temperature",
+        "overlap_score_weight",
+        "assume_kv_reuse",
+        "track_prefill_tokens",
+    }
+)
+
+
+def apply_override(knobs: Knobs, override: dict[str, float | bool | None] | None) -> Knobs:
+    """Apply a `router_config_override` dict as Dynamo 1.6.1 does.
+
+    Unset (None) fields keep the router's value. The v0.9 name `overlap_score_weight` maps to
+    `prefill_load_scale`, and a weight of 0 also turns the overlap credit off.
+    """
+    if not override:
+        return knobs
+    unknown = set(override) - OVERRIDE_FIELDS
+    if unknown:
+        raise ValueError(f"router_config_override: unknown field(s) {sorted(unknown)}")
+    fields = {k: v for k, v in override.items() if v is not None and k != "overlap_score_weight"}
+    for name in ("overlap_score_credit", "prefill_load_scale", "router_temperature"):
+        value = fields.get(name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"router_config_override: {name} must be finite and >= 0, got {value}")
+    weight = override.get("overlap_score_weight")
+    if weight is not None:
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"router_config_override: overlap_score_weight must be >= 0, got {weight}")
+        fields["prefill_load_scale"] = weight
+        if weight == 0:
+            fields["overlap_score_credit"] = 0.0
+    return replace(knobs, **fields) if fields else knobs
+
+
+@dataclass(slots=True)
+class WorkerLoad:
+    """The router's own view of a worker's load (Dynamo's active-sequence slot tracker).
+
+    `active_blocks` counts the distinct prompt blocks booked by in-flight requests (a block
+    shared by two requests counts once, when `assume_kv_reuse` books real hashes).
+    """
+
+    active_prefill_tokens: int = 0
+    active_requests: int = 0
+    block_refs: dict[int, int] = field(default_factory=dict)
+    anonymous_blocks: int = 0  # blocks booked under random hashes (assume_kv_reuse off)
+
+    @property
+    def active_decode_blocks(self) -> int:
+        return len(self.block_refs) + self.anonymous_blocks
+
+    def shared_prefix_blocks(self, block_hashes: tuple[int, ...], num_blocks: int) -> int:
+        """Leading blocks of a prompt already booked on this worker by in-flight requests."""
+        refs = self.block_refs
+        shared = 0
+        while shared < num_blocks and block_hashes[shared] in refs:
+            shared += 1
+        return shared
+
+
+class OverlapOracle(Protocol):
+    """Counts the leading blocks of a prompt that a worker has cached (the KV indexer)."""
+
+    def __call__(self, worker: int, block_hashes: tuple[int, ...], num_blocks: int) -> int: ...
+
+
+def kv_costs(
+    loads: list[WorkerLoad],
+    overlaps: list[int],
+    new_blocks: list[int],
+    isl_tokens: int,
+    block_size: int,
+    knobs: Knobs,
+    config: RouterConfig,
+) -> list[float]:
+    """Dynamo 1.6.1's per-worker cost for one request (see the module docstring).
+
+    `overlaps` are the prompt's leading blocks cached on each worker; `new_blocks` the blocks
+    the request would add to each worker's booked decode blocks.
+    """
+    request_blocks = max(1, -(-isl_tokens // block_size))  # ceil: only normalises the decay
+    track_prefill = knobs.track_prefill_tokens
+    min_prefill = min(load.active_prefill_tokens for load in loads)
+    decay_k = config.overlap_score_credit_decay if track_prefill else 0.0
+    costs = []
+    for load, overlap, added in zip(loads, overlaps, new_blocks, strict=True):
+        raw_prefill_blocks = (load.active_prefill_tokens + isl_tokens) / block_size if track_prefill else 0.0
+        decay = 1.0
+        if decay_k > 0:
+            excess_blocks = (load.active_prefill_tokens - min_prefill) / block_size
+            decay = 1.0 / (1.0 + decay_k * excess_blocks / request_blocks)
+        credit = knobs.overlap_score_credit * decay * overlap
+        adjusted = max(0.0, raw_prefill_blocks - credit)
+        decode_blocks = load.active_decode_blocks + added if config.track_active_blocks else 0
+        cost = knobs.prefill_load_scale * adjusted + decode_blocks
+        cost += config.decode_active_request_weight * load.active_requests
+        costs.append(cost)
+    return costs
+
+
+def select_index(costs: list[float], temperature: float, rng: np.random.Generator) -> int:
+    """Dynamo's selection: random-tie-break argmin at T = 0, softmax over min-max-normalised
+    costs at T > 0 (uniform when all costs are equal)."""
+    low = min(costs)
+    if temperature <= 0:
+        ties = [i for i, cost in enumerate(costs) if cost == low]
+        return ties[0] if len(ties) == 1 else ties[int(rng.integers(len(ties)))]
+    span = max(costs) - low
+    if span <= 0:
+        return int(rng.integers(len(costs)))
+    weights = [math.exp(-(cost - low) / (span * temperature)) for cost in costs]
+    total = sum(weights)
+    draw = rng.random() * total
+    for i, weight in enumerate(weights):
+        draw -= weight
+        if draw < 0:
+            return i
+    return len(costs) - 1
+
+
+class Router:
+    """One routing stage over a fixed set of workers.
+
+    Holds the per-worker load view; the cluster tells it when a request's prefill finishes
+    (`prefill_done`) and when the request leaves the worker (`free`), as Dynamo's frontend does.
+    """
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        stage: Stage,
+        workers: list[int],
+        block_size: int,
+        overlap: OverlapOracle,
+        rng: np.random.Generator,
+    ) -> None:
+        self.config = config
+        self.stage = stage
+        self.workers = workers
+        self.block_size = block_size
+        self.loads = {worker: WorkerLoad() for worker in workers}
+        self._overlap = overlap
+        self._rng = rng
+        self._next_rr = 0
+        self._booked: dict[int, tuple[int, int, tuple[int, ...], int]] = {}
+
+    def route(
+        self, request_id: int, isl_tokens: int, block_hashes: tuple[int, ...], knobs: Knobs, now_s: float
+    ) -> RouteDecision:
+        """Pick a worker for a request and book its load there."""
+        mode = self.config.mode
+        num_full = isl_tokens // self.block_size
+        loads = [self.loads[w] for w in self.workers]
+        if mode == "kv":
+            if knobs.overlap_score_credit > 0:  # credit 0 switches the indexer off in Dynamo
+                overlaps = [self._overlap(w, block_hashes, num_full) for w in self.workers]
+            else:
+                overlaps = [0] * len(self.workers)
+            new_blocks = self._new_blocks(loads, block_hashes, num_full, knobs)
+            costs = kv_costs(loads, overlaps, new_blocks, isl_tokens, self.block_size, knobs, self.config)
+            index = select_index(costs, knobs.router_temperature, self._rng)
+        else:
+            overlaps = [0] * len(self.workers)
+            costs = [float(load.active_requests) for load in loads]
+            index = self._pick_baseline(mode, costs)
+        chosen = self.workers[index]
+        self._book(request_id, chosen, isl_tokens, block_hashes[:num_full], overlaps[index], knobs)
+        return RouteDecision(
+            self.stage,
+            now_s,
+            chosen,
+            tuple(self.workers),
+            tuple(costs),
+            tuple(overlaps),
+            knobs.overlap_score_credit,
+            knobs.prefill_load_scale,
+            knobs.router_temperature,
+        )
+
+    def _pick_baseline(self, mode: str, active: list[float]) -> int:
+        if mode == "round_robin":
+            index = self._next_rr % len(self.workers)
+            self._next_rr += 1
+            return index
+        if mode == "random":
+            return int(self._rng.integers(len(self.workers)))
+        if mode == "power_of_two":
+            if len(self.workers) == 1:
+                return 0
+            n = len(self.workers)
+            a = int(self._rng.integers(n))
+            b = (a + 1 + int(self._rng.integers(n - 1))) % n
+            return a if active[a] <= active[b] else b
+        return select_index(active, 0.0, self._rng)  # least_loaded
+
+    def _new_blocks(
+        self, loads: list[WorkerLoad], block_hashes: tuple[int, ...], num_full: int, knobs: Knobs
+    ) -> list[int]:
+        """Blocks the request would add to each worker's booked set: its full prompt blocks,
+        less a prefix already booked there by in-flight requests (with assume_kv_reuse)."""
+        if not self.config.track_active_blocks:
+            return [0] * len(loads)
+        if not knobs.assume_kv_reuse:
+            return [num_full] * len(loads)
+        return [num_full - load.shared_prefix_blocks(block_hashes, num_full) for load in loads]
+
+    def _book(
+        self,
+        request_id: int,
+        worker: int,
+        isl_tokens: int,
+        prompt_blocks: tuple[int, ...],
+        overlap: int,
+        knobs: Knobs,
+    ) -> None:
+        load = self.loads[worker]
+        # The slot tracker books the uncached part of the prompt as prefill load.
+        prefill_tokens = max(0, isl_tokens - overlap * self.block_size) if knobs.track_prefill_tokens else 0
+        booked: tuple[int, ...] = ()
+        anonymous = 0
+        if self.config.track_active_blocks:
+            if knobs.assume_kv_reuse:
+                booked = prompt_blocks
+                refs = load.block_refs
+                for block_hash in booked:
+                    refs[block_hash] = refs.get(block_hash, 0) + 1
+            else:
+                anonymous = len(prompt_blocks)
+                load.anonymous_blocks += anonymous
+        load.active_prefill_tokens += prefill_tokens
+        load.active_requests += 1
+        self._booked[request_id] = (worker, prefill_tokens, booked, anonymous)
+
+    def prefill_done(self, request_id: int) -> None:
+        """The request's first token came back: its prompt no longer loads the worker."""
+        worker, prefill_tokens, booked, anonymous = self._booked[request_id]
+        self.loads[worker].active_prefill_tokens -= prefill_tokens
+        self._booked[request_id] = (worker, 0, booked, anonymous)
+
+    def free(self, request_id: int) -> None:
+        """The request finished (or left this stage): drop everything booked for it."""
+        worker, prefill_tokens, booked, anonymous = self._booked.pop(request_id)
+        load = self.loads[worker]
+        load.active_prefill_tokens -= prefill_tokens
+        load.active_requests -= 1
+        load.anonymous_blocks -= anonymous
+        refs = load.block_refs
+        for block_hash in booked:
+            count = refs[block_hash] - 1
+            if count:
+                refs[block_hash] = count
+            else:
+                del refs[block_hash]
