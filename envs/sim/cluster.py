@@ -95,6 +95,7 @@ class Cluster:
         self._num_dispatched = 0
         self._knobs = Knobs.from_config(scenario.router)
         self._progress: ProgressHook | None = None
+        self._pending_sources: dict[int, Sequence] = {}
         self._build_workers(timing)
         self._build_routers(routing_rng)
 
@@ -107,7 +108,15 @@ class Cluster:
         else:
             kinds = ["prefill"] * topo.num_prefill_workers + ["decode"] * topo.num_decode_workers
         self.engines = [
-            Engine(self.env, wid, kind, self.scenario.engine_for(kind), timing, self._on_first_token, self._on_done)
+            Engine(
+                self.env,
+                wid,
+                kind,
+                self.scenario.engine_for(kind),
+                timing,
+                self._on_first_token,
+                self._on_done,
+            )
             for wid, kind in enumerate(kinds)
         ]
         self.block_size = self.engines[0].block_size
@@ -116,14 +125,21 @@ class Cluster:
 
     def _build_routers(self, rng: np.random.Generator) -> None:
         config = self.scenario.router
-        by_kind = {kind: [e.worker_id for e in self.engines if e.kind == kind] for kind in ("agg", "prefill", "decode")}
+        by_kind = {
+            kind: [e.worker_id for e in self.engines if e.kind == kind]
+            for kind in ("agg", "prefill", "decode")
+        }
         if self.scenario.topology.mode == "agg":
             self.router = Router(config, Stage.AGG, by_kind["agg"], self.block_size, self._overlap, rng)
             self.decode_router = None
             return
         prefill_config = dataclasses.replace(config, track_active_blocks=False)
-        self.router = Router(prefill_config, Stage.PREFILL, by_kind["prefill"], self.block_size, self._overlap, rng)
-        self.decode_router = Router(config, Stage.DECODE, by_kind["decode"], self.block_size, self._overlap, rng)
+        self.router = Router(
+            prefill_config, Stage.PREFILL, by_kind["prefill"], self.block_size, self._overlap, rng
+        )
+        self.decode_router = Router(
+            config, Stage.DECODE, by_kind["decode"], self.block_size, self._overlap, rng
+        )
 
     def _overlap(self, worker: int, block_hashes: tuple[int, ...], num_blocks: int) -> int:
         return self.engines[worker].pool.match_prefix(block_hashes, num_blocks)
@@ -258,28 +274,28 @@ class Cluster:
         )
         flight.decisions.append(decision)
         flight.decode_worker = decision.chosen
-        flight.transfer_start_s = now_s
         link = self.scenario.topology.kv_transfer
         delay_s = link.latency_ms / 1000.0
         if link.bandwidth_gbps > 0:
-            delay_s += flight.input_tokens * self.scenario.model.kv_bytes_per_token / (link.bandwidth_gbps * 1e9)
+            delay_s += (
+                flight.input_tokens * self.scenario.model.kv_bytes_per_token / (link.bandwidth_gbps * 1e9)
+            )
         decode_seq = Sequence(
             flight.request_id, flight.input_tokens, flight.output_tokens, flight.seq_hashes, skip_prefill=True
         )
-        decode_seq.owner = flight
-        if delay_s <= 0:
-            self._arrive_at_decode(flight, prefill_seq, decode_seq)
-        else:
-            self.env.process(self._transfer(flight, prefill_seq, decode_seq, delay_s))
+        decode_seq.owner = prefill_seq.owner = flight
+        self._pending_sources[flight.request_id] = prefill_seq
+        self.engines[decision.chosen].reserve(decode_seq, delay_s, self._on_transfer)
 
-    def _transfer(self, flight: _Flight, prefill_seq: Sequence, decode_seq: Sequence, delay_s: float):
-        yield self.env.timeout(delay_s)
-        self._arrive_at_decode(flight, prefill_seq, decode_seq)
-
-    def _arrive_at_decode(self, flight: _Flight, prefill_seq: Sequence, decode_seq: Sequence) -> None:
-        flight.transfer_end_s = self.env.now
-        self.engines[flight.prefill_worker].release(prefill_seq)
-        self.engines[flight.decode_worker].submit(decode_seq)
+    def _on_transfer(self, decode_seq: Sequence, finished: bool) -> None:
+        """The decode worker reserved the request (the transfer starts) or the transfer ended."""
+        flight: _Flight = decode_seq.owner  # type: ignore[assignment]
+        if flight.transfer_start_s < 0:
+            flight.transfer_start_s = self.env.now
+        if finished:
+            flight.transfer_end_s = self.env.now
+            prefill_seq = self._pending_sources.pop(flight.request_id)
+            self.engines[flight.prefill_worker].release_at_boundary(prefill_seq)
 
     def _complete(self, flight: _Flight, seq: Sequence, now_s: float) -> None:
         if flight.transfer_start_s < 0:
@@ -308,4 +324,3 @@ class Cluster:
         flight.done.succeed()
         if self._progress is not None and len(self.records) % 256 == 0:
             self._progress(now_s, len(self.records))
-

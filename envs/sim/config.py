@@ -175,7 +175,11 @@ class ScenarioConfig:
 
     @model_validator(mode="after")
     def _has_end(self) -> ScenarioConfig:
-        if self.duration_s is None and self.workload.num_requests is None and self.workload.arrival != "trace":
+        if (
+            self.duration_s is None
+            and self.workload.num_requests is None
+            and self.workload.arrival != "trace"
+        ):
             raise ValueError("set duration_s or workload.num_requests, or the run never ends")
         return self
 

@@ -45,10 +45,10 @@ class Sequence:
         "num_registered",
         "output_target",
         "owner",
-        "scheduled_s",
         "prompt_tokens",
         "request_id",
         "reused_tokens",
+        "scheduled_s",
         "skip_prefill",
     )
 
@@ -95,6 +95,7 @@ class EngineStats:
 
 
 TokenSink = Callable[[Sequence, float], None]
+TransferHook = Callable[[Sequence, bool], None]  # (sequence, transfer finished?)
 
 
 class Engine:
@@ -128,6 +129,9 @@ class Engine:
         self._on_first_token = on_first_token
         self._on_done = on_done
         self._wakeup: simpy.Event | None = None
+        self._in_pass = False
+        self._incoming: list[tuple[Sequence, float, TransferHook]] = []  # KV transfers to reserve
+        self._pending_release: list[Sequence] = []
         self._capacity_tokens = config.num_gpu_blocks * config.block_size
         self._hold_after_done = kind == "prefill"
         env.process(self._loop())
@@ -142,6 +146,39 @@ class Engine:
         if self._wakeup is not None and not self._wakeup.triggered:
             self._wakeup.succeed()
 
+    def reserve(self, seq: Sequence, transfer_s: float, on_arrival: TransferHook) -> None:
+        """A prefill worker hands `seq` over. As in the mocker, the destination reserves it at
+        its next pass boundary (now, if idle); the KV transfer runs from then on, and the
+        sequence joins the waiting queue when the transfer completes."""
+        if self._in_pass:
+            self._incoming.append((seq, transfer_s, on_arrival))
+        else:
+            self._start_transfer(seq, transfer_s, on_arrival)
+
+    def release_at_boundary(self, seq: Sequence) -> None:
+        """Release a handed-over sequence's blocks at this worker's next pass boundary."""
+        if self._in_pass:
+            self._pending_release.append(seq)
+        else:
+            self.release(seq)
+
+    def _start_transfer(self, seq: Sequence, transfer_s: float, on_arrival: TransferHook) -> None:
+        if transfer_s <= 0:
+            on_arrival(seq, True)
+            self.submit(seq)
+            return
+        on_arrival(seq, False)
+        timer = self.env.timeout(transfer_s)
+        timer.callbacks.append(lambda _event: (on_arrival(seq, True), self.submit(seq)))
+
+    def _at_boundary(self) -> None:
+        for seq in self._pending_release:
+            self.release(seq)
+        self._pending_release.clear()
+        incoming, self._incoming = self._incoming, []
+        for seq, transfer_s, on_arrival in incoming:
+            self._start_transfer(seq, transfer_s, on_arrival)
+
     def release(self, seq: Sequence) -> None:
         """Give back a finished sequence's blocks (prefill workers: after the KV transfer)."""
         self.pool.release(seq.held, seq.num_private)
@@ -151,6 +188,8 @@ class Engine:
     def _loop(self):  # simpy process
         env = self.env
         while True:
+            if self._incoming or self._pending_release:
+                self._at_boundary()
             if not self.running and not self.waiting:
                 self._wakeup = env.event()
                 yield self._wakeup
@@ -158,7 +197,9 @@ class Engine:
             batch, num_prefill_tokens, num_decoding, decode_kv_tokens = self._schedule()
             duration_s = self._pass_duration_s(num_prefill_tokens, num_decoding, decode_kv_tokens)
             start_s = env.now
+            self._in_pass = True
             yield env.timeout(duration_s)
+            self._in_pass = False
             self.stats.num_passes += 1
             self.stats.busy_s += duration_s
             self._complete_pass(batch, start_s)
@@ -211,7 +252,9 @@ class Engine:
             decode_kv_tokens += more_kv
         return batch, num_prefill_tokens, num_decoding, decode_kv_tokens
 
-    def _admit(self, batch: list[tuple[Sequence, int]], budget: int, num_prefill_tokens: int) -> tuple[int, int, int]:
+    def _admit(
+        self, batch: list[tuple[Sequence, int]], budget: int, num_prefill_tokens: int
+    ) -> tuple[int, int, int]:
         """Admit waiting sequences FCFS while the budgets allow."""
         num_decoding = decode_kv_tokens = 0
         waiting, running, max_seqs = self.waiting, self.running, self.config.max_num_seqs

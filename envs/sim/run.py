@@ -47,10 +47,14 @@ def build_cluster(
         sessions: Iterator[Session] = iter(trace_sessions)
         block_tokens = workload.trace_block_tokens
     else:
-        block_tokens = scenario.engine_for("prefill" if scenario.topology.mode == "disagg" else "agg").block_size
+        block_tokens = scenario.engine_for(
+            "prefill" if scenario.topology.mode == "disagg" else "agg"
+        ).block_size
         generator = SyntheticSessions(workload, block_tokens, streams["sessions"])
         sessions = (generator.session(i, 0.0) for i in itertools.count())
-    cluster = Cluster(scenario, sessions, make_timing(scenario.timing, profile), streams["routing"], block_tokens)
+    cluster = Cluster(
+        scenario, sessions, make_timing(scenario.timing, profile), streams["routing"], block_tokens
+    )
     if workload.concurrency is not None:
         base = workload.concurrency
         steps = workload.load_schedule

@@ -1,0 +1,182 @@
+"""Cross-check: the same workloads through our simulator and Dynamo's offline replay.
+
+Each case is a scenario whose synthetic workload is materialised once (as Mooncake sessions) and
+replayed by both simulators with the same engine, topology, router and mocker polynomial timing.
+We report both results and the relative error of each metric (ours vs Dynamo's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from envs.sim.config import (
+    EngineConfig,
+    KvTransferConfig,
+    RouterConfig,
+    ScenarioConfig,
+    TopologyConfig,
+    WorkloadConfig,
+)
+from envs.sim.metrics import Summary, summarize
+from envs.sim.run import random_streams, simulate
+from envs.sim.workload import Session, SyntheticSessions, open_loop_starts
+from eval.dynamo_replay import ReplaySummary, run_replay
+
+# metric name -> (our summary field, replay summary field, "rel" or "abs" error)
+METRICS: dict[str, tuple[str, str, str]] = {
+    "ttft_mean": ("ttft_mean_s", "ttft_mean_s", "rel"),
+    "ttft_p50": ("ttft_p50_s", "ttft_p50_s", "rel"),
+    "ttft_p99": ("ttft_p99_s", "ttft_p99_s", "rel"),
+    "itl_mean": ("itl_mean_s", "itl_mean_s", "rel"),
+    "e2e_mean": ("e2e_mean_s", "e2e_mean_s", "rel"),
+    "throughput": ("throughput_rps", "throughput_rps", "rel"),
+    "prefix_reuse": ("prefix_reuse_ratio", "prefix_reuse_ratio", "abs"),
+}
+# The acceptance bounds of the cross-check (issue #2): 10% relative, 0.03 absolute on reuse.
+BOUNDS = {"ttft_mean": 0.10, "itl_mean": 0.10, "e2e_mean": 0.10, "throughput": 0.10, "prefix_reuse": 0.03}
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    name: str
+    ours: Summary
+    dynamo: ReplaySummary
+    errors: dict[str, float]
+    ours_wall_s: float
+
+    @property
+    def passed(self) -> bool:
+        return all(abs(self.errors[m]) <= bound for m, bound in BOUNDS.items())
+
+
+def materialize_sessions(scenario: ScenarioConfig, block_tokens: int) -> list[Session]:
+    """The scenario's synthetic workload as a finite list of sessions with start times."""
+    workload = scenario.workload
+    if workload.num_requests is None:
+        raise ValueError(f"{scenario.name}: a cross-check case needs workload.num_requests")
+    streams = random_streams(scenario.seed)
+    generator = SyntheticSessions(workload, block_tokens, streams["sessions"])
+    num_sessions = -(-workload.num_requests // workload.turns_per_session)
+    starts = (
+        open_loop_starts(workload, streams["arrivals"])
+        if workload.concurrency is None
+        else itertools.repeat(0.0)
+    )
+    return [generator.session(i, start) for i, start in zip(range(num_sessions), starts, strict=False)]
+
+
+def as_trace_scenario(scenario: ScenarioConfig, block_tokens: int) -> ScenarioConfig:
+    workload = dataclasses.replace(
+        scenario.workload,
+        arrival="trace",
+        trace_path="(materialised)",
+        trace_block_tokens=block_tokens,
+        num_requests=None,
+    )
+    return dataclasses.replace(scenario, workload=workload, duration_s=None)
+
+
+def relative_errors(ours: Summary, dynamo: ReplaySummary) -> dict[str, float]:
+    errors = {}
+    for name, (ours_field, dyn_field, kind) in METRICS.items():
+        a, b = getattr(ours, ours_field), getattr(dynamo, dyn_field)
+        errors[name] = a - b if kind == "abs" else (a - b) / b if b else float("nan")
+    return errors
+
+
+def run_case(scenario: ScenarioConfig, clock: Callable[[], float]) -> CaseResult:
+    """One case: materialise its workload, run both simulators, compare."""
+    block_tokens = scenario.engine.block_size
+    sessions = materialize_sessions(scenario, block_tokens)
+    start = clock()
+    result = simulate(as_trace_scenario(scenario, block_tokens), trace_sessions=sessions)
+    ours_wall = clock() - start
+    ours = summarize(result.records, result.engine_stats)
+    dynamo = run_replay(scenario, sessions, block_tokens)
+    return CaseResult(scenario.name, ours, dynamo, relative_errors(ours, dynamo), ours_wall)
+
+
+def _case(
+    name: str, topology: TopologyConfig, workload: WorkloadConfig, router: RouterConfig, **kw
+) -> ScenarioConfig:
+    engine = kw.pop("engine", EngineConfig(block_size=64, num_gpu_blocks=4096))
+    return ScenarioConfig(
+        name=name,
+        seed=kw.pop("seed", 7),
+        topology=topology,
+        engine=engine,
+        router=router,
+        workload=workload,
+        **kw,
+    )
+
+
+def default_grid() -> list[ScenarioConfig]:
+    """At least 20 cases: agg and disagg (1P/1D, 1P/2D, 2P/4D, 1P/5D), round-robin and KV routing,
+    several knob settings, loads below and above saturation, single- and multi-turn sharing."""
+    link = KvTransferConfig(bandwidth_gbps=64.0)
+    agg4 = TopologyConfig(mode="agg", num_workers=4)
+    agg2 = TopologyConfig(mode="agg", num_workers=2)
+    d11 = TopologyConfig(mode="disagg", num_prefill_workers=1, num_decode_workers=1, kv_transfer=link)
+    d12 = TopologyConfig(mode="disagg", num_prefill_workers=1, num_decode_workers=2, kv_transfer=link)
+    d24 = TopologyConfig(mode="disagg", num_prefill_workers=2, num_decode_workers=4, kv_transfer=link)
+    d15 = TopologyConfig(mode="disagg", num_prefill_workers=1, num_decode_workers=5, kv_transfer=link)
+    kv, rr = RouterConfig(mode="kv"), RouterConfig(mode="round_robin")
+
+    def shared(rate: float, n: int = 800, **kw) -> WorkloadConfig:
+        base = {
+            "arrival": "poisson",
+            "rate_rps": rate,
+            "num_requests": n,
+            "isl_tokens": 2048,
+            "osl_tokens": 128,
+            "shared_prefix_ratio": 0.5,
+            "num_prefix_groups": 8,
+            "isl_jitter": 0.25,
+            "osl_jitter": 0.25,
+        }
+        return WorkloadConfig(**{**base, **kw})
+
+    def multi(rate: float, n: int = 900, **kw) -> WorkloadConfig:
+        return shared(rate, n, turns_per_session=3, inter_turn_delay_s=0.5, isl_tokens=1024, **kw)
+
+    closed = {"arrival": "closed_loop", "rate_rps": 1.0}
+    return [
+        _case("agg4-rr-low", agg4, shared(8), rr),
+        _case("agg4-rr-high", agg4, shared(30), rr),
+        _case("agg4-kv-low", agg4, shared(8), kv),
+        _case("agg4-kv-high", agg4, shared(30), kv),
+        _case("agg4-kv-credit0-high", agg4, shared(30), RouterConfig(overlap_score_credit=0.0)),
+        _case("agg4-kv-temp0.5", agg4, shared(20), RouterConfig(router_temperature=0.5)),
+        _case("agg4-kv-decay1-high", agg4, shared(30), RouterConfig(overlap_score_credit_decay=1.0)),
+        _case("agg2-kv-multiturn", agg2, multi(6), kv),
+        _case("agg2-rr-multiturn", agg2, multi(6), rr),
+        _case("agg4-kv-closed64", agg4, shared(1, **closed, concurrency=64), kv),
+        _case("1p1d-kv-low", d11, shared(6), kv),
+        _case("1p1d-kv-high", d11, shared(20), kv),
+        _case("1p1d-rr-high", d11, shared(20), rr),
+        _case("1p2d-kv-low", d12, shared(8), kv),
+        _case("1p2d-kv-high", d12, shared(25), kv),
+        _case("1p2d-kv-scale2", d12, shared(25), RouterConfig(prefill_load_scale=2.0)),
+        _case("1p2d-kv-multiturn", d12, multi(8), kv),
+        _case("2p4d-kv-low", d24, shared(15), kv),
+        _case("2p4d-kv-high", d24, shared(45), kv),
+        _case("2p4d-rr-high", d24, shared(45), rr),
+        _case("2p4d-kv-credit0.5", d24, shared(35), RouterConfig(overlap_score_credit=0.5)),
+        _case("1p5d-kv-low", d15, shared(10), kv),
+        _case("1p5d-kv-closed96", d15, shared(1, **closed, concurrency=96), kv),
+        _case("1p5d-kv-closed160", d15, shared(1, **closed, concurrency=160), kv),
+    ]
+
+
+def smoke_grid() -> list[ScenarioConfig]:
+    """A few small cases for the test suite."""
+    pick = {"agg4-rr-high", "agg4-kv-high", "1p2d-kv-high", "agg2-kv-multiturn"}
+    cases = [c for c in default_grid() if c.name in pick]
+    return [dataclasses.replace(c, workload=dataclasses.replace(c.workload, num_requests=300)) for c in cases]
+
+
+GRIDS: dict[str, Callable[[], list[ScenarioConfig]]] = {"default": default_grid, "smoke": smoke_grid}

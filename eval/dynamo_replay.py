@@ -1,0 +1,160 @@
+"""Run a scenario's exact workload through NVIDIA Dynamo's own offline replay (`dynamo.replay`).
+
+The workload is written as a Mooncake trace (our sessions, block for block), so both simulators
+see the same requests; engine, topology, KV-transfer and router settings are translated to the
+replay's canonical engine config and `KvRouterConfig`. Needs `make dynamo`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envs.sim.config import EngineConfig, ScenarioConfig
+from envs.sim.workload import Session
+from envs.traces import mooncake_rows, write_mooncake
+
+REPLAY_ROUTER_MODES = {"kv": "kv_router", "round_robin": "round_robin"}
+
+
+class DynamoUnavailable(RuntimeError):
+    """ai-dynamo is not installed (run `make dynamo`) or cannot replay this scenario."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySummary:
+    """The replay report's numbers in our units (seconds, requests/s, tokens/s)."""
+
+    num_requests: int
+    ttft_mean_s: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    itl_mean_s: float
+    e2e_mean_s: float
+    e2e_p99_s: float
+    throughput_rps: float
+    output_tok_s: float
+    prefix_reuse_ratio: float
+    wall_time_s: float
+
+
+def dynamo_available() -> bool:
+    try:
+        _import_replay()
+    except DynamoUnavailable:
+        return False
+    return True
+
+
+def _import_replay() -> tuple[Any, Any]:
+    os.environ.setdefault("DYN_LOG", "warn")  # per-decision INFO logs would dominate the run time
+    os.environ.setdefault("RUST_LOG", "warn")
+    try:
+        from dynamo.llm import KvRouterConfig
+        from dynamo.replay.api import run_trace_replay
+    except ImportError as error:
+        raise DynamoUnavailable(f"ai-dynamo is not installed ({error}); run `make dynamo`") from None
+    return run_trace_replay, KvRouterConfig
+
+
+def _engine_args(engine: EngineConfig, scenario: ScenarioConfig, worker_type: str) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "block_size": engine.block_size,
+        "num_gpu_blocks": engine.num_gpu_blocks,
+        "max_num_seqs": engine.max_num_seqs,
+        "max_num_batched_tokens": engine.max_num_batched_tokens,
+        "enable_prefix_caching": engine.enable_prefix_caching,
+        "enable_chunked_prefill": engine.enable_chunked_prefill,
+        "preemption_mode": engine.preemption_mode,
+        "speedup_ratio": scenario.timing.speedup_ratio,
+        "decode_speedup_ratio": scenario.timing.decode_speedup_ratio,
+        "worker_type": worker_type,
+    }
+    link = scenario.topology.kv_transfer
+    if worker_type == "prefill" and link.bandwidth_gbps > 0:
+        # The replay charges the transfer on the prefill side (full prompt).
+        args["kv_transfer_bandwidth"] = link.bandwidth_gbps
+        args["kv_transfer_bytes_per_token"] = int(round(scenario.model.kv_bytes_per_token))
+    return {"engine": args}
+
+
+def _router_config(scenario: ScenarioConfig, kv_router_config_cls: Any) -> Any:
+    router = scenario.router
+    fields = {
+        "overlap_score_credit": router.overlap_score_credit,
+        "overlap_score_credit_decay": router.overlap_score_credit_decay,
+        "prefill_load_scale": router.prefill_load_scale,
+        "decode_active_request_weight": router.decode_active_request_weight,
+        "router_temperature": router.router_temperature,
+        "router_assume_kv_reuse": router.assume_kv_reuse,
+        "router_track_prefill_tokens": router.track_prefill_tokens,
+        "router_track_active_blocks": router.track_active_blocks,
+    }
+    if router.overlap_score_weight is not None:
+        fields["overlap_score_weight"] = router.overlap_score_weight
+    return kv_router_config_cls(**fields)
+
+
+def check_replayable(scenario: ScenarioConfig) -> None:
+    """Raise DynamoUnavailable when the replay has no equivalent of the scenario."""
+    if scenario.router.mode not in REPLAY_ROUTER_MODES:
+        raise DynamoUnavailable(
+            f"dynamo.replay has no '{scenario.router.mode}' router (only kv and round_robin)"
+        )
+    if scenario.timing.kind != "polynomial":
+        raise DynamoUnavailable("the cross-check compares the mocker polynomial timing model only")
+    if scenario.topology.kv_transfer.latency_ms > 0:
+        raise DynamoUnavailable("dynamo.replay has no fixed KV-transfer latency")
+
+
+def run_replay(scenario: ScenarioConfig, sessions: Sequence[Session], block_tokens: int) -> ReplaySummary:
+    """Replay `sessions` (open loop at their start times, or closed loop at the scenario's
+    concurrency) through Dynamo's replay with the scenario's deployment."""
+    check_replayable(scenario)
+    run_trace_replay, kv_router_config_cls = _import_replay()
+    topo = scenario.topology
+    kwargs: dict[str, Any] = {
+        "router_mode": REPLAY_ROUTER_MODES[scenario.router.mode],
+        "trace_block_size": block_tokens,
+        "replay_concurrency": scenario.workload.concurrency,
+    }
+    if scenario.router.mode == "kv":
+        kwargs["router_config"] = _router_config(scenario, kv_router_config_cls)
+    if topo.mode == "agg":
+        kwargs.update(
+            num_workers=topo.num_workers,
+            extra_engine_args=_engine_args(scenario.engine, scenario, "aggregated"),
+        )
+    else:
+        kwargs.update(
+            num_prefill_workers=topo.num_prefill_workers,
+            num_decode_workers=topo.num_decode_workers,
+            prefill_engine_args=_engine_args(scenario.engine_for("prefill"), scenario, "prefill"),
+            decode_engine_args=_engine_args(scenario.engine_for("decode"), scenario, "decode"),
+        )
+    with tempfile.TemporaryDirectory(prefix="poa-gym-replay-") as tmp:
+        trace = Path(tmp) / "trace.jsonl"
+        write_mooncake(mooncake_rows(sessions, block_tokens), trace)
+        report = run_trace_replay(str(trace), **kwargs)
+    return _summary(dict(report.summary))
+
+
+def _summary(summary: dict[str, Any]) -> ReplaySummary:
+    ms = 1e-3
+    return ReplaySummary(
+        num_requests=int(summary["completed_requests"]),
+        ttft_mean_s=summary["mean_ttft_ms"] * ms,
+        ttft_p50_s=summary["median_ttft_ms"] * ms,
+        ttft_p99_s=summary["p99_ttft_ms"] * ms,
+        itl_mean_s=summary["mean_itl_ms"] * ms,
+        e2e_mean_s=summary["mean_e2e_latency_ms"] * ms,
+        e2e_p99_s=summary["p99_e2e_latency_ms"] * ms,
+        throughput_rps=summary["request_throughput_rps"],
+        output_tok_s=summary["output_throughput_tok_s"],
+        prefix_reuse_ratio=summary["prefix_cache_reused_ratio"],
+        wall_time_s=summary["wall_time_ms"] * ms,
+    )
