@@ -78,7 +78,7 @@ def _engine_args(engine: EngineConfig, scenario: ScenarioConfig, worker_type: st
     if worker_type == "prefill" and link.bandwidth_gbps > 0:
         # The replay charges the transfer on the prefill side (full prompt).
         args["kv_transfer_bandwidth"] = link.bandwidth_gbps
-        args["kv_transfer_bytes_per_token"] = int(round(scenario.model.kv_bytes_per_token))
+        args["kv_transfer_bytes_per_token"] = round(scenario.model.kv_bytes_per_token)
     return {"engine": args}
 
 

@@ -118,6 +118,7 @@ class SyntheticSessions:
         group = int(self._rng.integers(config.num_prefix_groups))
         turns = []
         history: list[int] = []
+        total = total_aligned = 0
         for turn_index in range(config.turns_per_session):
             isl = self._jitter(config.isl_tokens, config.isl_jitter)
             osl = self._jitter(config.osl_tokens, config.osl_jitter)

@@ -1,0 +1,262 @@
+"""The `poa-gym` command line: simulate, crosscheck, bench, scenarios.
+
+User errors (a bad scenario, a missing file, Dynamo not installed) print one clear message and
+exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from envs.scenarios import ScenarioError, load_scenario, preset_names
+from envs.sim.config import ScenarioConfig
+from envs.sim.metrics import Summary, summarize
+from envs.sim.run import SimResult, simulate
+
+console = Console(stderr=True)
+# Wide tables stay readable when piped to a file or a CI log (rich assumes 80 columns there).
+out = Console(width=None if sys.stdout.isatty() else 180)
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (UserError, ScenarioError) as error:
+        console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poa-gym", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sim = commands.add_parser("simulate", help="simulate a scenario and print a summary")
+    sim.add_argument("scenario", help=f"a preset name ({', '.join(preset_names())}) or a YAML path")
+    sim.add_argument("--seed", type=int, help="random seed (default: the scenario's)")
+    sim.add_argument("--concurrency", type=int, help="closed loop with this many clients")
+    sim.add_argument(
+        "--duration-s", type=float, help="stop sending new requests after this much simulated time"
+    )
+    sim.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario field, e.g. --set router.overlap_score_credit=0.5",
+    )
+    sim.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    sim.set_defaults(handler=_cmd_simulate)
+
+    scen = commands.add_parser("scenarios", help="list the preset scenarios")
+    scen.set_defaults(handler=_cmd_scenarios)
+
+    cross = commands.add_parser("crosscheck", help="compare with Dynamo's offline replay on a grid")
+    cross.add_argument("--grid", default="default", help="grid name: default (24 cases) or smoke (4)")
+    cross.add_argument("--json", action="store_true")
+    cross.set_defaults(handler=_cmd_crosscheck)
+
+    bench = commands.add_parser("bench", help="simulated requests per wall-second, ours vs dynamo.replay")
+    bench.add_argument("--requests", type=int, default=5000)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(handler=_cmd_bench)
+    return parser
+
+
+# -- simulate ---------------------------------------------------------------------------------
+
+
+def resolve_scenario(args: argparse.Namespace) -> tuple[ScenarioConfig, Path]:
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.concurrency is not None:
+        overrides += ["workload.arrival=closed_loop", f"workload.concurrency={args.concurrency}"]
+    if args.duration_s is not None:
+        overrides.append(f"duration_s={args.duration_s}")
+    return load_scenario(args.scenario, overrides)
+
+
+def run_scenario(
+    scenario: ScenarioConfig, path: Path, progress: Callable[[float, int], None] | None = None
+) -> SimResult:
+    """Load what the scenario names (trace, profile) relative to its file, then simulate."""
+    from envs.profiles import load_profile
+    from envs.traces import load_mooncake
+
+    base = path.parent
+    sessions = None
+    if scenario.workload.arrival == "trace":
+        workload = scenario.workload
+        trace = base / workload.trace_path if workload.trace_path else None
+        sessions = load_mooncake(trace, workload.trace_block_tokens, workload.trace_time_scale)
+    profile = load_profile(base / scenario.timing.profile_path) if scenario.timing.kind == "profile" else None
+    return simulate(scenario, trace_sessions=sessions, profile=profile, progress=progress)
+
+
+class _LazyProgress:
+    """A progress bar that appears only once a run has taken more than a couple of seconds."""
+
+    def __init__(self, scenario: ScenarioConfig) -> None:
+        self._start = time.perf_counter()
+        self._total = scenario.workload.num_requests or None
+        self._horizon = scenario.duration_s
+        self._bar: Progress | None = None
+        self._task = 0
+
+    def __call__(self, sim_time_s: float, num_done: int) -> None:
+        if self._bar is None:
+            if time.perf_counter() - self._start < 2.0:
+                return
+            self._bar = Progress(
+                TextColumn("simulating"),
+                BarColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("", total=self._total)
+        self._bar.update(
+            self._task, completed=num_done, description=f"{num_done} requests, t={sim_time_s:.1f} s"
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    scenario, path = resolve_scenario(args)
+    progress = _LazyProgress(scenario)
+    start = time.perf_counter()
+    try:
+        result = run_scenario(scenario, path, progress)
+    finally:
+        progress.close()
+    wall_s = time.perf_counter() - start
+    summary = summarize(result.records, result.engine_stats)
+    report = simulate_report(summary, result.sim_time_s, wall_s)
+    if args.json:
+        out.print_json(json.dumps(report))
+    else:
+        out.print(_summary_table(scenario, report))
+    return 0
+
+
+def simulate_report(summary: Summary, sim_time_s: float, wall_s: float) -> dict[str, float | int | None]:
+    report: dict[str, float | int | None] = {
+        "ttft_mean_s": summary.ttft_mean_s,
+        "ttft_p50_s": summary.ttft_p50_s,
+        "ttft_p99_s": summary.ttft_p99_s,
+        "itl_mean_s": summary.itl_mean_s,
+        "itl_p50_s": summary.itl_p50_s,
+        "itl_p99_s": summary.itl_p99_s,
+        "e2e_mean_s": summary.e2e_mean_s,
+        "e2e_p99_s": summary.e2e_p99_s,
+        "throughput_rps": summary.throughput_rps,
+        "output_tok_s": summary.output_tok_s,
+        "prefix_reuse_ratio": summary.prefix_reuse_ratio,
+        "num_requests": summary.num_requests,
+        "num_preemptions": summary.num_preemptions,
+        "sim_time_s": sim_time_s,
+        "wall_time_s": wall_s,
+    }
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
+
+
+def _summary_table(scenario: ScenarioConfig, report: dict) -> Table:
+    table = Table(title=f"{scenario.name} (seed {scenario.seed})", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        if value is None:
+            text = "-"
+        elif key.endswith("_s") and key not in ("sim_time_s", "wall_time_s"):
+            text = f"{value * 1000:.2f} ms"
+        elif isinstance(value, float):
+            text = f"{value:.3f}"
+        else:
+            text = str(value)
+        table.add_row(key, text)
+    return table
+
+
+def _cmd_scenarios(args: argparse.Namespace) -> int:
+    table = Table("preset", "description")
+    for name in preset_names():
+        scenario, _ = load_scenario(name)
+        table.add_row(name, scenario.description)
+    out.print(table)
+    return 0
+
+
+# -- crosscheck and bench ---------------------------------------------------------------------
+
+
+def _require_dynamo() -> None:
+    from eval.dynamo_replay import dynamo_available
+
+    if not dynamo_available():
+        raise UserError("ai-dynamo is not installed in this environment; run `make dynamo` first")
+
+
+def _cmd_crosscheck(args: argparse.Namespace) -> int:
+    from eval.crosscheck import GRIDS
+    from eval.crosscheck_report import print_crosscheck, run_grid
+
+    if args.grid not in GRIDS:
+        raise UserError(f"unknown grid '{args.grid}' (choose from {', '.join(GRIDS)})")
+    _require_dynamo()
+    results = run_grid(GRIDS[args.grid](), console)
+    return print_crosscheck(results, out, as_json=args.json)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from eval.bench import bench_scenario, run_bench
+
+    if args.requests <= 0 or args.repeats <= 0:
+        raise UserError("--requests and --repeats must be positive")
+    scenario = bench_scenario(args.requests)
+    with console.status(f"benchmarking (best of {args.repeats} runs each)"):
+        result = run_bench(scenario, repeats=args.repeats)
+    report = dataclasses.asdict(result) | {"ratio": result.ratio}
+    if args.json:
+        out.print_json(json.dumps(report))
+        return 0
+    out.print(
+        f"scenario {result.scenario}: {result.num_requests} requests, {result.sim_time_s:.1f} s simulated"
+    )
+    out.print(f"ours          {result.ours_rps:10.0f} simulated requests / wall-second")
+    if result.dynamo_rps is None:
+        out.print("dynamo.replay (not installed: run `make dynamo` to compare)")
+    else:
+        out.print(f"dynamo.replay {result.dynamo_rps:10.0f} simulated requests / wall-second")
+        out.print(f"ratio ours/dynamo = {result.ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
