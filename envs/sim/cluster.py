@@ -21,7 +21,8 @@ import numpy as np
 import simpy
 
 from envs.sim.config import ScenarioConfig
-from envs.sim.engine import Engine, Sequence
+from envs.sim.engine import Engine
+from envs.sim.sequence import Sequence
 from envs.sim.records import RequestRecord, RouteDecision, Stage
 from envs.sim.router import Knobs, Router, apply_override
 from envs.sim.timing import TimingModel

@@ -29,6 +29,15 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     preemption_mode: Literal["lifo", "fifo"] = "lifo"
 
+    @model_validator(mode="after")
+    def _batch_fits(self) -> EngineConfig:
+        # vLLM refuses this too: every running sequence must be able to decode in each pass.
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs ({self.max_num_seqs})"
+            )
+        return self
+
     @property
     def capacity_tokens(self) -> int:
         return self.num_gpu_blocks * self.block_size

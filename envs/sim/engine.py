@@ -1,101 +1,36 @@
 """One worker's engine loop, after the mocker's vLLM-v1-style scheduler (aisimulate).
 
-Each pass schedules the running sequences first (one token for a decoding sequence, the next
-chunk for a prefilling one), then admits waiting sequences in arrival order while the
-`max_num_seqs` and `max_num_batched_tokens` budgets allow. A pass lasts
+Each pass schedules one token for every decoding sequence, then the next chunk of each
+prefilling sequence in admission order, then admits waiting sequences in arrival order while
+the `max_num_seqs` and `max_num_batched_tokens` budgets allow. A pass lasts
 
     prefill_ms(new prefill tokens) + (decode_ms(u) if any sequence decodes in it),
 
 with u the KV tokens of the decoding sequences over the pool's capacity, and emits one token for
 every sequence that decoded or finished its prompt. When a sequence needs a block and none can be
 freed, the most recently admitted running sequence is preempted (its blocks go back to the pool
-and it recomputes later), as the mocker does. Requests that arrive during a pass wait for its end.
+and it recomputes later). Requests that arrive during a pass wait for its end.
 
-The engine is iteration-level: one simpy timeout per pass, never one event per token.
+The engine is iteration-level (one simpy timeout per pass) and decoding is implicit: a decoding
+sequence's context at pass tick T is `decode_base + T`, and the sum over the batch is kept as a
+running total, so a pass only touches the sequences that need a block or finish in it.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import simpy
 
 from envs.sim.config import EngineConfig
 from envs.sim.kv_cache import BlockPool
+from envs.sim.sequence import EngineStats, Sequence
 from envs.sim.timing import TimingModel
-
-
-class Sequence:
-    """A request's in-flight state on one worker."""
-
-    __slots__ = (
-        "block_hashes",
-        "generated",
-        "held",
-        "input_tokens",
-        "is_prefilling",
-        "last_token_s",
-        "num_blocks",
-        "num_computed",
-        "num_emitted",
-        "num_preemptions",
-        "num_private",
-        "num_registered",
-        "output_target",
-        "owner",
-        "prompt_tokens",
-        "request_id",
-        "reused_tokens",
-        "scheduled_s",
-        "skip_prefill",
-    )
-
-    def __init__(
-        self,
-        request_id: int,
-        input_tokens: int,
-        output_target: int,
-        block_hashes: tuple[int, ...],
-        skip_prefill: bool = False,
-    ) -> None:
-        self.request_id = request_id
-        self.input_tokens = input_tokens
-        # Tokens sampled before the sequence leaves this worker; a decode worker's sequence
-        # arrives with the token its prefill worker sampled, which the client never sees.
-        self.output_target = output_target + (1 if skip_prefill else 0)
-        self.block_hashes = block_hashes  # hashes of the full blocks of prompt + output
-        self.skip_prefill = skip_prefill  # a decode worker receives the prompt's KV, not computes it
-        self.prompt_tokens = input_tokens  # tokens to (re)compute before sampling
-        self.generated = 1 if skip_prefill else 0  # tokens sampled so far (here or upstream)
-        self.num_emitted = 0  # tokens this worker sent to the client
-        self.num_computed = 0
-        self.is_prefilling = True
-        self.held: list[int] = []
-        self.num_private = 0
-        self.num_blocks = 0
-        self.num_registered = 0
-        self.num_preemptions = 0
-        self.reused_tokens = -1
-        self.last_token_s = 0.0
-        self.scheduled_s = -1.0  # start of the first pass that worked on it here
-        self.owner: object = None  # the cluster's handle for the request
-
-
-@dataclass(slots=True)
-class EngineStats:
-    """What the engine measured, beyond per-request records (for the ITL distribution)."""
-
-    pass_gaps_s: list[float] = field(default_factory=list)  # one gap per decode pass ...
-    pass_gap_counts: list[int] = field(default_factory=list)  # ... shared by this many tokens
-    other_gaps_s: list[float] = field(default_factory=list)  # gaps broken by a preemption
-    num_passes: int = 0
-    busy_s: float = 0.0
-
 
 TokenSink = Callable[[Sequence, float], None]
 TransferHook = Callable[[Sequence, bool], None]  # (sequence, transfer finished?)
+_Events = dict[int, list[tuple[Sequence, int]]]  # pass tick -> [(sequence, epoch)]
 
 
 class Engine:
@@ -103,7 +38,7 @@ class Engine:
 
     `on_first_token(seq, t)` fires when a sequence samples its first token here; `on_done(seq, t)`
     when it has sampled `output_target` tokens (its blocks are released then, unless the worker
-    is a prefill worker, whose caller releases them after the KV transfer with `release`).
+    is a prefill worker, whose caller releases them after the KV transfer).
     """
 
     def __init__(
@@ -125,12 +60,19 @@ class Engine:
         self.timing = timing
         self.stats = EngineStats()
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
+        self.running: dict[Sequence, None] = {}  # admission order, for LIFO preemption
+        self._prefilling: list[Sequence] = []
+        self._num_decoding = 0
+        self._decode_base_sum = 0
+        self._tick = 0
+        self._grow_due: _Events = {}
+        self._done_due: _Events = {}
+        self._first_emitters: list[Sequence] = []
         self._on_first_token = on_first_token
         self._on_done = on_done
         self._wakeup: simpy.Event | None = None
         self._in_pass = False
-        self._incoming: list[tuple[Sequence, float, TransferHook]] = []  # KV transfers to reserve
+        self._incoming: list[tuple[Sequence, float, TransferHook]] = []
         self._pending_release: list[Sequence] = []
         self._capacity_tokens = config.num_gpu_blocks * config.block_size
         self._hold_after_done = kind == "prefill"
@@ -139,6 +81,12 @@ class Engine:
     @property
     def num_active_requests(self) -> int:
         return len(self.waiting) + len(self.running)
+
+    @property
+    def num_decoding(self) -> int:
+        return self._num_decoding
+
+    # -- requests in and out ------------------------------------------------------------------
 
     def submit(self, seq: Sequence) -> None:
         """A routed request joins the waiting queue; it is scheduled from the next pass on."""
@@ -162,6 +110,12 @@ class Engine:
         else:
             self.release(seq)
 
+    def release(self, seq: Sequence) -> None:
+        """Give back a sequence's blocks (cached ones stay reusable until evicted)."""
+        self.pool.release(seq.held, seq.num_private)
+        seq.held = []
+        seq.num_private = seq.num_blocks = 0
+
     def _start_transfer(self, seq: Sequence, transfer_s: float, on_arrival: TransferHook) -> None:
         if transfer_s <= 0:
             on_arrival(seq, True)
@@ -179,11 +133,7 @@ class Engine:
         for seq, transfer_s, on_arrival in incoming:
             self._start_transfer(seq, transfer_s, on_arrival)
 
-    def release(self, seq: Sequence) -> None:
-        """Give back a finished sequence's blocks (prefill workers: after the KV transfer)."""
-        self.pool.release(seq.held, seq.num_private)
-        seq.held = []
-        seq.num_private = seq.num_blocks = 0
+    # -- the loop -----------------------------------------------------------------------------
 
     def _loop(self):  # simpy process
         env = self.env
@@ -194,114 +144,77 @@ class Engine:
                 self._wakeup = env.event()
                 yield self._wakeup
                 self._wakeup = None
-            batch, num_prefill_tokens, num_decoding, decode_kv_tokens = self._schedule()
-            duration_s = self._pass_duration_s(num_prefill_tokens, num_decoding, decode_kv_tokens)
+            batch, num_prefill_tokens = self._schedule()
+            num_decoding = self._num_decoding
+            duration_ms = self.timing.prefill_ms(num_prefill_tokens) if num_prefill_tokens else 0.0
+            if num_decoding:
+                kv_tokens = self._decode_base_sum + num_decoding * self._tick
+                duration_ms += self.timing.decode_ms(
+                    kv_tokens, self._capacity_tokens, kv_tokens / num_decoding
+                )
+            duration_s = duration_ms / 1000.0
             start_s = env.now
             self._in_pass = True
             yield env.timeout(duration_s)
             self._in_pass = False
             self.stats.num_passes += 1
             self.stats.busy_s += duration_s
-            self._complete_pass(batch, start_s)
-
-    def _pass_duration_s(self, num_prefill_tokens: int, num_decoding: int, decode_kv_tokens: int) -> float:
-        duration_ms = self.timing.prefill_ms(num_prefill_tokens) if num_prefill_tokens else 0.0
-        if num_decoding:
-            duration_ms += self.timing.decode_ms(
-                decode_kv_tokens, self._capacity_tokens, decode_kv_tokens / num_decoding
-            )
-        return duration_ms / 1000.0
+            self._complete_pass(batch, num_decoding, start_s)
+            self._tick += 1
 
     # -- scheduling ---------------------------------------------------------------------------
 
-    def _schedule(self) -> tuple[list[tuple[Sequence, int]], int, int, int]:
-        """Build one pass: (sequence, new prefill tokens or 0 for a decode step) pairs, the
-        number of new prefill tokens, the number of decoding sequences and their KV tokens."""
-        budget = self.config.max_num_batched_tokens
+    def _schedule(self) -> tuple[list[tuple[Sequence, int]], int]:
+        """Build one pass: the prefill chunks as (sequence, new tokens) pairs, and their total.
+        Decoding sequences are in the pass implicitly."""
+        preempted = self._grow_decoders()
+        budget = self.config.max_num_batched_tokens - self._num_decoding
         batch: list[tuple[Sequence, int]] = []
-        num_prefill_tokens = decode_kv_tokens = 0
-        preempted = False
-        running = self.running
-        i = 0
-        while i < len(running) and budget > 0:
-            seq = running[i]
-            if seq.is_prefilling:
-                num_new = min(seq.prompt_tokens - seq.num_computed, budget)
-                context = seq.num_computed + num_new
-            else:
-                num_new = 1
-                context = seq.input_tokens + seq.generated
-            if not self._grow(seq, context):
+        num_prefill_tokens = 0
+        for seq in list(self._prefilling):
+            if budget <= 0 or seq not in self.running:
+                continue
+            num_new = min(seq.prompt_tokens - seq.num_computed, budget)
+            if not self._grow_or_preempt(seq, seq.num_computed + num_new):
                 preempted = True
-                if not self._preempt_for(seq):
-                    break  # `seq` itself was preempted: nothing after it is scheduled
-                if not self._grow(seq, context):
-                    break
+                continue
+            batch.append((seq, num_new))
             budget -= num_new
-            if seq.is_prefilling:
-                batch.append((seq, num_new))
-                num_prefill_tokens += num_new
-            else:
-                batch.append((seq, 0))
-                decode_kv_tokens += context
-            i += 1
-        num_decoding = len(batch) - sum(1 for _, n in batch if n)
+            num_prefill_tokens += num_new
         if not preempted:
-            num_prefill_tokens, more_decoding, more_kv = self._admit(batch, budget, num_prefill_tokens)
-            num_decoding += more_decoding
-            decode_kv_tokens += more_kv
-        return batch, num_prefill_tokens, num_decoding, decode_kv_tokens
+            num_prefill_tokens += self._admit(batch, budget)
+        return batch, num_prefill_tokens
 
-    def _admit(
-        self, batch: list[tuple[Sequence, int]], budget: int, num_prefill_tokens: int
-    ) -> tuple[int, int, int]:
-        """Admit waiting sequences FCFS while the budgets allow."""
-        num_decoding = decode_kv_tokens = 0
-        waiting, running, max_seqs = self.waiting, self.running, self.config.max_num_seqs
-        chunked = self.config.enable_chunked_prefill
-        while waiting and budget > 0 and len(running) < max_seqs:
-            seq = waiting[0]
-            self._claim_prefix(seq)
-            if seq.skip_prefill:
-                # The prompt's KV arrived by transfer: hold all of it and decode in this pass.
-                context = seq.input_tokens + seq.generated
-                if not self._grow(seq, context):
-                    self.release(seq)
-                    break
-                seq.num_computed = seq.prompt_tokens
-                seq.is_prefilling = False
-                self._register_full_blocks(seq)
-                batch.append((seq, 0))
-                budget -= 1
-                num_decoding += 1
-                decode_kv_tokens += context
-            else:
-                remaining = seq.prompt_tokens - seq.num_computed
-                num_new = min(remaining, budget)
-                if (num_new < remaining and not chunked) or not self._grow(seq, seq.num_computed + num_new):
-                    self.release(seq)
-                    break
-                batch.append((seq, num_new))
-                budget -= num_new
-                num_prefill_tokens += num_new
-            waiting.popleft()
-            running.append(seq)
-            if seq.scheduled_s < 0:
-                seq.scheduled_s = self.env.now
-        return num_prefill_tokens, num_decoding, decode_kv_tokens
+    def _grow_decoders(self) -> bool:
+        """Give a block to every decoding sequence whose context crosses a block boundary in
+        this pass; returns whether that forced a preemption."""
+        due = self._grow_due.pop(self._tick, None)
+        if not due:
+            return False
+        preempted = False
+        for seq, epoch in due:
+            if seq.epoch != epoch:
+                continue  # preempted or finished since the event was filed
+            if not self._grow_or_preempt(seq, seq.decode_base + self._tick):
+                preempted = True
+                continue
+            if seq.in_decode:
+                self._file_grow(seq)
+        return preempted
 
-    def _claim_prefix(self, seq: Sequence) -> None:
-        """Take the prefix-cache hits of a sequence being admitted."""
-        bs = self.block_size
-        # vLLM recomputes at least the last prompt token, so a fully cached prompt reuses one block less.
-        cacheable = (seq.prompt_tokens - 1) // bs
-        hits = self.pool.match_prefix(seq.block_hashes, min(cacheable, len(seq.block_hashes)))
-        self.pool.acquire(seq.block_hashes[:hits])
-        seq.held = list(seq.block_hashes[:hits])
-        seq.num_blocks = seq.num_registered = hits
-        seq.num_private = 0
-        seq.num_computed = hits * bs
-        seq.reused_tokens = max(seq.reused_tokens, hits * bs)
+    def _grow_or_preempt(self, seq: Sequence, context_tokens: int) -> bool:
+        """Blocks for `context_tokens`, preempting the last-admitted sequences as needed.
+        False when `seq` itself had to be preempted."""
+        while not self._grow(seq, context_tokens):
+            victim = (
+                next(reversed(self.running))
+                if self.config.preemption_mode == "lifo"
+                else next(iter(self.running))
+            )
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        return True
 
     def _grow(self, seq: Sequence, context_tokens: int) -> bool:
         """Make sure `seq` holds blocks for `context_tokens` tokens."""
@@ -314,60 +227,141 @@ class Engine:
         seq.num_blocks += need
         return True
 
-    def _preempt_for(self, seq: Sequence) -> bool:
-        """Preempt running sequences (last admitted first) until `seq` can grow; False if `seq`
-        itself had to go."""
-        running = self.running
-        victim = running.pop() if self.config.preemption_mode == "lifo" else running.pop(0)
-        self._preempt(victim)
-        return victim is not seq
+    def _admit(self, batch: list[tuple[Sequence, int]], budget: int) -> int:
+        """Admit waiting sequences FCFS while the budgets allow; returns new prefill tokens."""
+        num_prefill_tokens = 0
+        waiting, running, max_seqs = self.waiting, self.running, self.config.max_num_seqs
+        chunked = self.config.enable_chunked_prefill
+        while waiting and budget > 0 and len(running) < max_seqs:
+            seq = waiting[0]
+            self._claim_prefix(seq)
+            if seq.skip_prefill:
+                # The prompt's KV arrived by transfer: hold all of it and decode in this pass.
+                if not self._grow(seq, seq.input_tokens + seq.generated):
+                    self.release(seq)
+                    break
+                seq.num_computed = seq.prompt_tokens
+                self._register_full_blocks(seq, seq.num_computed)
+                self._enter_decode(seq, self._tick)
+                self._first_emitters.append(seq)
+                budget -= 1
+            else:
+                remaining = seq.prompt_tokens - seq.num_computed
+                num_new = min(remaining, budget)
+                if (num_new < remaining and not chunked) or not self._grow(seq, seq.num_computed + num_new):
+                    self.release(seq)
+                    break
+                batch.append((seq, num_new))
+                self._prefilling.append(seq)
+                budget -= num_new
+                num_prefill_tokens += num_new
+            waiting.popleft()
+            running[seq] = None
+            if seq.scheduled_s < 0:
+                seq.scheduled_s = self.env.now
+        return num_prefill_tokens
+
+    def _claim_prefix(self, seq: Sequence) -> None:
+        """Take the prefix-cache hits of a sequence being admitted."""
+        bs = self.block_size
+        # vLLM recomputes at least the last prompt token, so a fully cached prompt reuses one block less.
+        cacheable = min((seq.prompt_tokens - 1) // bs, len(seq.block_hashes))
+        hits = self.pool.match_prefix(seq.block_hashes, cacheable) if cacheable > 0 else 0
+        self.pool.acquire(seq.block_hashes[:hits])
+        seq.held = list(seq.block_hashes[:hits])
+        seq.num_blocks = seq.num_registered = hits
+        seq.num_private = 0
+        seq.num_computed = hits * bs
+        seq.reused_tokens = max(seq.reused_tokens, hits * bs)
+
+    # -- the decode set -----------------------------------------------------------------------
+
+    def _enter_decode(self, seq: Sequence, first_tick: int) -> None:
+        """`seq` decodes from pass `first_tick` on, with `seq.generated` tokens sampled so far."""
+        seq.in_decode = True
+        seq.decode_base = seq.input_tokens + seq.generated - first_tick
+        self._num_decoding += 1
+        self._decode_base_sum += seq.decode_base
+        done_tick = first_tick + seq.output_target - seq.generated - 1
+        self._done_due.setdefault(done_tick, []).append((seq, seq.epoch))
+        self._file_grow(seq)
+
+    def _file_grow(self, seq: Sequence) -> None:
+        """File the pass at which `seq`'s context first exceeds the blocks it holds."""
+        grow_tick = seq.num_blocks * self.block_size + 1 - seq.decode_base
+        last_tick = seq.input_tokens + seq.output_target - 1 - seq.decode_base
+        if grow_tick <= last_tick:
+            self._grow_due.setdefault(max(grow_tick, self._tick), []).append((seq, seq.epoch))
+
+    def _leave_decode(self, seq: Sequence) -> None:
+        seq.in_decode = False
+        seq.epoch += 1
+        self._num_decoding -= 1
+        self._decode_base_sum -= seq.decode_base
 
     def _preempt(self, seq: Sequence) -> None:
+        del self.running[seq]
+        if seq.in_decode:
+            seq.generated = seq.decode_base + self._tick - seq.input_tokens
+            self._leave_decode(seq)
+            seq.last_token_s = self.env.now
+        else:
+            self._prefilling.remove(seq)
         self.release(seq)
         seq.num_preemptions += 1
-        seq.num_computed = 0
-        seq.num_registered = 0
-        seq.is_prefilling = True
+        seq.num_computed = seq.num_registered = 0
         seq.skip_prefill = False  # a preempted decode-side sequence recomputes its context
-        seq.prompt_tokens = seq.input_tokens + seq.generated  # recompute prompt and outputs so far
+        seq.prompt_tokens = seq.input_tokens + seq.generated  # the prompt and the outputs so far
         self.waiting.appendleft(seq)
 
     # -- completing a pass --------------------------------------------------------------------
 
-    def _complete_pass(self, batch: list[tuple[Sequence, int]], start_s: float) -> None:
+    def _complete_pass(self, batch: list[tuple[Sequence, int]], num_decoding: int, start_s: float) -> None:
         now = self.env.now
-        num_regular = 0
+        tick = self._tick
+        num_regular = num_decoding
+        for seq in self._first_emitters:
+            seq.num_emitted = 1
+            seq.last_token_s = now
+            self._on_first_token(seq, now)
+            num_regular -= 1
+        self._first_emitters.clear()
         finished: list[Sequence] = []
         for seq, num_new in batch:
-            if num_new:
-                seq.num_computed += num_new
-                if seq.num_computed < seq.prompt_tokens:
-                    self._register_full_blocks(seq)
-                    continue
-                seq.is_prefilling = False
-            else:
-                seq.num_computed += 1
+            seq.num_computed += num_new
+            if seq.num_computed < seq.prompt_tokens:
+                self._register_full_blocks(seq, seq.num_computed)
+                continue
+            self._prefilling.remove(seq)
+            self._register_full_blocks(seq, seq.num_computed)
             seq.generated += 1
             seq.num_emitted += 1
             if seq.num_emitted == 1:
                 self._on_first_token(seq, now)
-            elif seq.last_token_s == start_s:
-                num_regular += 1
             else:
                 self.stats.other_gaps_s.append(now - seq.last_token_s)
             seq.last_token_s = now
-            if seq.num_computed % self.block_size == 0 or num_new:
-                self._register_full_blocks(seq)
             if seq.generated >= seq.output_target:
                 finished.append(seq)
-        if num_regular:
+            else:
+                self._enter_decode(seq, tick + 1)
+        if num_regular > 0:
             self.stats.pass_gaps_s.append(now - start_s)
             self.stats.pass_gap_counts.append(num_regular)
-        if finished:
-            self._finish(finished, now)
+        for seq, epoch in self._done_due.pop(tick, ()):
+            if seq.epoch == epoch:
+                self._leave_decode(seq)
+                seq.generated = seq.output_target
+                self._register_full_blocks(seq, seq.decode_base + tick)
+                finished.append(seq)
+        for seq in finished:
+            del self.running[seq]
+            if not self._hold_after_done:
+                self.release(seq)
+            self._on_done(seq, now)
 
-    def _register_full_blocks(self, seq: Sequence) -> None:
-        full = min(seq.num_computed // self.block_size, len(seq.block_hashes))
+    def _register_full_blocks(self, seq: Sequence, computed_tokens: int) -> None:
+        full = min(computed_tokens // self.block_size, len(seq.block_hashes), seq.num_blocks)
         pool = self.pool
         while seq.num_registered < full:
             block_hash = seq.block_hashes[seq.num_registered]
@@ -375,11 +369,3 @@ class Engine:
             if pool.register(block_hash):
                 seq.held.append(block_hash)
                 seq.num_private -= 1
-
-    def _finish(self, finished: list[Sequence], now: float) -> None:
-        done = set(map(id, finished))
-        self.running = [seq for seq in self.running if id(seq) not in done]
-        for seq in finished:
-            if not self._hold_after_done:
-                self.release(seq)
-            self._on_done(seq, now)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.sim.engine import EngineStats
+from envs.sim.sequence import EngineStats
 from envs.sim.records import RequestRecord
 
 
