@@ -155,6 +155,10 @@ def default_grid() -> list[ScenarioConfig]:
         _case("agg2-kv-multiturn", agg2, multi(6), kv),
         _case("agg2-rr-multiturn", agg2, multi(6), rr),
         _case("agg4-kv-closed64", agg4, shared(1, **closed, concurrency=64), kv),
+        _case("agg4-kv-overload", agg4, shared(45), kv),
+        _case(
+            "agg2-kv-kvpressure", agg2, shared(14), kv, engine=EngineConfig(block_size=64, num_gpu_blocks=400)
+        ),
         _case("1p1d-kv-low", d11, shared(6), kv),
         _case("1p1d-kv-high", d11, shared(20), kv),
         _case("1p1d-rr-high", d11, shared(20), rr),

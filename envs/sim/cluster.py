@@ -257,6 +257,8 @@ class Cluster:
         flight: _Flight = seq.owner  # type: ignore[assignment]
         if self.decode_router is None:
             flight.decode_worker = flight.prefill_worker
+            # Reuse is the best over the request's admissions (a preempted request re-admits).
+            flight.cached_tokens = seq.reused_tokens
             self.router.free(flight.request_id)
             self._complete(flight, seq, now_s)
         elif flight.decode_worker < 0:

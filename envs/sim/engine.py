@@ -159,8 +159,12 @@ class Engine:
             self._in_pass = False
             self.stats.num_passes += 1
             self.stats.busy_s += duration_s
-            self._complete_pass(batch, num_decoding, start_s)
+            notified = self._complete_pass(batch, num_decoding, start_s)
             self._tick += 1
+            if notified:
+                # Let what the callbacks started at this instant (a closed-loop client's next
+                # request, a hand-off) reach the queue before the next pass is scheduled.
+                yield env.timeout(0)
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -178,6 +182,7 @@ class Engine:
             if not self._grow_or_preempt(seq, seq.num_computed + num_new):
                 preempted = True
                 continue
+            self._register_full_blocks(seq, seq.num_computed + num_new)
             batch.append((seq, num_new))
             budget -= num_new
             num_prefill_tokens += num_new
@@ -251,6 +256,9 @@ class Engine:
                 if (num_new < remaining and not chunked) or not self._grow(seq, seq.num_computed + num_new):
                     self.release(seq)
                     break
+                # vLLM v1 caches a block as soon as it is scheduled: a later request in the
+                # same pass already hits it.
+                self._register_full_blocks(seq, seq.num_computed + num_new)
                 batch.append((seq, num_new))
                 self._prefilling.append(seq)
                 budget -= num_new
@@ -316,8 +324,10 @@ class Engine:
 
     # -- completing a pass --------------------------------------------------------------------
 
-    def _complete_pass(self, batch: list[tuple[Sequence, int]], num_decoding: int, start_s: float) -> None:
+    def _complete_pass(self, batch: list[tuple[Sequence, int]], num_decoding: int, start_s: float) -> bool:
+        """Emit the pass's tokens; returns whether any first-token or done callback fired."""
         now = self.env.now
+        notified = bool(self._first_emitters)
         tick = self._tick
         num_regular = num_decoding
         for seq in self._first_emitters:
@@ -338,6 +348,7 @@ class Engine:
             seq.num_emitted += 1
             if seq.num_emitted == 1:
                 self._on_first_token(seq, now)
+                notified = True
             else:
                 self.stats.other_gaps_s.append(now - seq.last_token_s)
             seq.last_token_s = now
@@ -359,6 +370,7 @@ class Engine:
             if not self._hold_after_done:
                 self.release(seq)
             self._on_done(seq, now)
+        return notified or bool(finished)
 
     def _register_full_blocks(self, seq: Sequence, computed_tokens: int) -> None:
         full = min(computed_tokens // self.block_size, len(seq.block_hashes), seq.num_blocks)

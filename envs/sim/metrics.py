@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.sim.sequence import EngineStats
 from envs.sim.records import RequestRecord
+from envs.sim.sequence import EngineStats
 
 
 def percentile(values: Sequence[float] | np.ndarray, pct: float) -> float:

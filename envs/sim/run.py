@@ -10,8 +10,8 @@ import numpy as np
 
 from envs.sim.cluster import Cluster, ProgressHook
 from envs.sim.config import ScenarioConfig
-from envs.sim.sequence import EngineStats
 from envs.sim.records import RequestRecord
+from envs.sim.sequence import EngineStats
 from envs.sim.timing import ProfileArrays, make_timing
 from envs.sim.workload import Session, SyntheticSessions, load_at, open_loop_starts
 
