@@ -22,9 +22,9 @@ import simpy
 
 from envs.sim.config import ScenarioConfig
 from envs.sim.engine import Engine
-from envs.sim.sequence import Sequence
 from envs.sim.records import RequestRecord, RouteDecision, Stage
 from envs.sim.router import Knobs, Router, apply_override
+from envs.sim.sequence import Sequence
 from envs.sim.timing import TimingModel
 from envs.sim.workload import Session, Turn, prompt_block_hashes, sequence_block_hashes
 
