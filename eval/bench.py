@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 
 from envs.sim.config import KvTransferConfig, ScenarioConfig, TopologyConfig, WorkloadConfig
-from envs.sim.run import simulate
-from eval.crosscheck import as_trace_scenario, materialize_sessions
+from envs.sim.run import materialize_sessions, simulate
+from eval.crosscheck import as_trace_scenario
 from eval.dynamo_replay import dynamo_available, run_replay
 
 

@@ -68,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     sim.set_defaults(handler=_cmd_simulate)
 
+    trace = commands.add_parser("trace", help="write a scenario's synthetic workload as a Mooncake trace")
+    trace.add_argument("scenario", help="a preset name or a YAML path (its synthetic workload)")
+    trace.add_argument("--out", required=True, help="the .jsonl file to write")
+    trace.add_argument("--requests", type=int, default=2000)
+    trace.add_argument("--block-tokens", type=int, default=512, help="tokens per hash id (Mooncake: 512)")
+    trace.add_argument("--seed", type=int)
+    trace.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    trace.set_defaults(handler=_cmd_trace)
+
     scen = commands.add_parser("scenarios", help="list the preset scenarios")
     scen.set_defaults(handler=_cmd_scenarios)
 
@@ -202,6 +211,28 @@ def _summary_table(scenario: ScenarioConfig, report: dict) -> Table:
             text = str(value)
         table.add_row(key, text)
     return table
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from envs.sim.run import materialize_sessions
+    from envs.traces import mooncake_rows, write_mooncake
+
+    if args.requests <= 0 or args.block_tokens <= 0:
+        raise UserError("--requests and --block-tokens must be positive")
+    overrides = [*args.overrides, f"workload.num_requests={args.requests}"]
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    scenario, _ = load_scenario(args.scenario, overrides)
+    if scenario.workload.arrival in ("trace", "closed_loop"):
+        raise UserError(f"{args.scenario}: needs an open-loop synthetic workload (poisson or gamma arrivals)")
+    sessions = materialize_sessions(scenario, args.block_tokens)
+    rows = mooncake_rows(sessions, args.block_tokens)
+    try:
+        write_mooncake(rows, args.out)
+    except OSError as error:
+        raise UserError(f"{args.out}: cannot write ({error.strerror})") from None
+    out.print(f"wrote {len(rows)} requests in {len(sessions)} sessions to {args.out}")
+    return 0
 
 
 def _cmd_scenarios(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ We report both results and the relative error of each metric (ours vs Dynamo's).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,8 +20,7 @@ from envs.sim.config import (
     WorkloadConfig,
 )
 from envs.sim.metrics import Summary, summarize
-from envs.sim.run import random_streams, simulate
-from envs.sim.workload import Session, SyntheticSessions, open_loop_starts
+from envs.sim.run import materialize_sessions, simulate
 from eval.dynamo_replay import ReplaySummary, run_replay
 
 # metric name -> (our summary field, replay summary field, "rel" or "abs" error)
@@ -50,22 +48,6 @@ class CaseResult:
     @property
     def passed(self) -> bool:
         return all(abs(self.errors[m]) <= bound for m, bound in BOUNDS.items())
-
-
-def materialize_sessions(scenario: ScenarioConfig, block_tokens: int) -> list[Session]:
-    """The scenario's synthetic workload as a finite list of sessions with start times."""
-    workload = scenario.workload
-    if workload.num_requests is None:
-        raise ValueError(f"{scenario.name}: a cross-check case needs workload.num_requests")
-    streams = random_streams(scenario.seed)
-    generator = SyntheticSessions(workload, block_tokens, streams["sessions"])
-    num_sessions = -(-workload.num_requests // workload.turns_per_session)
-    starts = (
-        open_loop_starts(workload, streams["arrivals"])
-        if workload.concurrency is None
-        else itertools.repeat(0.0)
-    )
-    return [generator.session(i, start) for i, start in zip(range(num_sessions), starts, strict=False)]
 
 
 def as_trace_scenario(scenario: ScenarioConfig, block_tokens: int) -> ScenarioConfig:

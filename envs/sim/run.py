@@ -77,3 +77,19 @@ def simulate(
         cluster.on_progress(progress)
     cluster.env.run()
     return SimResult(tuple(cluster.records), tuple(e.stats for e in cluster.engines), cluster.env.now)
+
+
+def materialize_sessions(scenario: ScenarioConfig, block_tokens: int) -> list[Session]:
+    """The scenario's synthetic workload as a finite list of sessions with start times
+    (closed-loop sessions start when a client frees up, so theirs are 0)."""
+    workload = scenario.workload
+    if workload.num_requests is None:
+        raise ValueError(f"{scenario.name}: materialising a workload needs workload.num_requests")
+    streams = random_streams(scenario.seed)
+    generator = SyntheticSessions(workload, block_tokens, streams["sessions"])
+    num_sessions = -(-workload.num_requests // workload.turns_per_session)
+    if workload.concurrency is None:
+        starts: Iterator[float] = open_loop_starts(workload, streams["arrivals"])
+    else:
+        starts = itertools.repeat(0.0)
+    return [generator.session(i, start) for i, start in zip(range(num_sessions), starts, strict=False)]
