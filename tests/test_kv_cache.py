@@ -136,7 +136,16 @@ def test_random_operations_conserve_blocks(seed):
     num_blocks = 40
     pool = BlockPool(num_blocks)
     stored: set[int] = set()
-    pool.subscribe(lambda kind, h: stored.add(h) if kind == "stored" else stored.remove(h))
+    counts = {"stored": 0, "removed": 0, "refused": 0}
+
+    def on_event(kind: str, block_hash: int) -> None:
+        counts[kind] += 1
+        if kind == "stored":
+            stored.add(block_hash)
+        else:
+            stored.remove(block_hash)
+
+    pool.subscribe(on_event)
     # A few prefix families: hash = family * 100 + position, so prompts share prefixes.
     live: list[dict] = []  # {"held": [...], "private": int}
     for _ in range(3000):
@@ -147,9 +156,11 @@ def test_random_operations_conserve_blocks(seed):
             hits = pool.match_prefix(hashes, length)
             assert all(pool.is_cached(h) for h in hashes[:hits])
             need = length - hits + int(rng.integers(0, 3))  # plus a partial tail block or two
+            pool.acquire(hashes[:hits])  # claim the hits first, as the engine does
             if not pool.allocate(need):
+                pool.release(hashes[:hits], 0)
+                counts["refused"] += 1
                 continue
-            pool.acquire(hashes[:hits])
             seq = {"held": hashes[:hits], "private": need}
             for h in hashes[hits:]:
                 if pool.register(h):
@@ -166,6 +177,7 @@ def test_random_operations_conserve_blocks(seed):
         assert pool.num_free + private + distinct_active + inactive == num_blocks
         assert min(pool.num_free, inactive, private) >= 0
         assert len(stored) == distinct_active + inactive
+    assert min(counts.values()) > 20, counts  # the walk did evict, and did run out of blocks
     for seq in live:
         pool.release(seq["held"], seq["private"])
     assert pool.num_active == 0

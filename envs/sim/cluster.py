@@ -43,6 +43,7 @@ class _Flight:
         "done",
         "first_token_s",
         "input_tokens",
+        "knobs",
         "output_tokens",
         "prefill_end_s",
         "prefill_start_s",
@@ -64,6 +65,7 @@ class _Flight:
         self.input_tokens = spec.input_tokens
         self.output_tokens = spec.output_tokens
         self.decisions: list[RouteDecision] = []
+        self.knobs = Knobs()
         self.prefill_worker = self.decode_worker = -1
         self.prefill_start_s = self.prefill_end_s = self.first_token_s = -1.0
         self.transfer_start_s = self.transfer_end_s = -1.0
@@ -228,7 +230,7 @@ class Cluster:
         flight.seq_hashes = sequence_block_hashes(
             flight.prompt_hashes, turn.input_tokens, turn.output_tokens, bs, rid
         )
-        knobs = self._knobs
+        knobs = flight.knobs = self._knobs
         decision = self.router.route(rid, turn.input_tokens, flight.prompt_hashes, knobs, self.env.now)
         flight.decisions.append(decision)
         flight.prefill_worker = decision.chosen
@@ -271,7 +273,7 @@ class Cluster:
     def _hand_off(self, flight: _Flight, prefill_seq: Sequence, now_s: float) -> None:
         """Prefill finished: pick a decode worker and move the prompt's KV blocks there."""
         assert self.decode_router is not None
-        knobs = apply_override(self._knobs, _DECODE_OVERRIDE)
+        knobs = apply_override(flight.knobs, _DECODE_OVERRIDE)  # the knobs in force at arrival
         decision = self.decode_router.route(
             flight.request_id, flight.input_tokens, flight.prompt_hashes, knobs, now_s
         )

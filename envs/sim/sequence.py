@@ -47,13 +47,15 @@ class Sequence:
     ) -> None:
         self.request_id = request_id
         self.input_tokens = input_tokens
-        # Tokens sampled before the sequence leaves this worker; a decode worker's sequence
-        # arrives with the token its prefill worker sampled, which the client never sees.
-        self.output_target = output_tokens + (1 if skip_prefill else 0)
+        # Tokens sampled before the sequence leaves this worker. A decode worker's sequence
+        # arrives with the prompt's KV only: the token its prefill worker sampled is neither
+        # sent to the client nor in the decode worker's KV (the replay's first decode pass runs
+        # at exactly `input_tokens` of context).
+        self.output_target = output_tokens
         self.block_hashes = block_hashes  # hashes of the full blocks of prompt + output
         self.skip_prefill = skip_prefill  # a decode worker receives the prompt's KV, not computes it
         self.prompt_tokens = input_tokens  # tokens to (re)compute before sampling
-        self.generated = 1 if skip_prefill else 0  # tokens sampled so far (here or upstream)
+        self.generated = 0  # tokens sampled so far on this worker
         self.num_emitted = 0  # tokens this worker sent to the client
         self.num_computed = 0
         self.held: list[int] = []
