@@ -204,7 +204,7 @@ def _summary_table(scenario: ScenarioConfig, report: dict) -> Table:
     for key, value in report.items():
         if value is None:
             text = "-"
-        elif key.endswith("_s") and key not in ("sim_time_s", "wall_time_s"):
+        elif key.startswith(("ttft_", "itl_", "e2e_")):
             text = f"{value * 1000:.2f} ms"
         elif isinstance(value, float):
             text = f"{value:.3f}"

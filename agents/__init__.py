@@ -1,0 +1,1 @@
+"""agents: arrives with its issue."""

@@ -1,0 +1,1 @@
+"""poa-gym package."""

@@ -1,0 +1,1 @@
+"""training: arrives with its issue."""
