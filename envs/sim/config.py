@@ -175,7 +175,6 @@ class ScenarioConfig:
     description: str = ""
     seed: int = Field(0, ge=0)
     duration_s: float | None = Field(None, gt=0)
-    warmup_s: float = Field(0.0, ge=0)
     topology: TopologyConfig = TopologyConfig()
     engine: EngineConfig = EngineConfig()
     model: ModelConfig = ModelConfig()
