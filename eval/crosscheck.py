@@ -97,8 +97,9 @@ def _case(
 
 
 def default_grid() -> list[ScenarioConfig]:
-    """At least 20 cases: agg and disagg (1P/1D, 1P/2D, 2P/4D, 1P/5D), round-robin and KV routing,
-    several knob settings, loads below and above saturation, single- and multi-turn sharing."""
+    """27 cases: agg and disagg (1P/1D, 1P/2D, 2P/4D, 1P/5D), round-robin and KV routing,
+    several knob settings, loads below and above saturation, single- and multi-turn sharing,
+    chunked prefill of prompts longer than the token budget, and KV pressure with preemption."""
     link = KvTransferConfig(bandwidth_gbps=64.0)
     agg4 = TopologyConfig(mode="agg", num_workers=4)
     agg2 = TopologyConfig(mode="agg", num_workers=2)
@@ -140,6 +141,13 @@ def default_grid() -> list[ScenarioConfig]:
         _case("agg4-kv-overload", agg4, shared(45), kv),
         _case(
             "agg2-kv-kvpressure", agg2, shared(14), kv, engine=EngineConfig(block_size=64, num_gpu_blocks=400)
+        ),
+        _case(
+            "agg2-kv-longprompt",
+            agg2,
+            shared(1.5, n=200, isl_tokens=12000, osl_tokens=256, isl_jitter=0.3, num_prefix_groups=4),
+            kv,
+            engine=EngineConfig(block_size=64, num_gpu_blocks=8192),
         ),
         _case("1p1d-kv-low", d11, shared(6), kv),
         _case("1p1d-kv-high", d11, shared(20), kv),
