@@ -82,10 +82,6 @@ class Engine:
     def num_active_requests(self) -> int:
         return len(self.waiting) + len(self.running)
 
-    @property
-    def num_decoding(self) -> int:
-        return self._num_decoding
-
     # -- requests in and out ------------------------------------------------------------------
 
     def submit(self, seq: Sequence) -> None:

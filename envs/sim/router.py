@@ -45,15 +45,6 @@ class Knobs:
         )
         return apply_override(knobs, {"overlap_score_weight": config.overlap_score_weight})
 
-    def as_dict(self) -> dict[str, float | bool]:
-        return {
-            "overlap_score_credit": self.overlap_score_credit,
-            "prefill_load_scale": self.prefill_load_scale,
-            "router_temperature": self.router_temperature,
-            "assume_kv_reuse": self.assume_kv_reuse,
-            "track_prefill_tokens": self.track_prefill_tokens,
-        }
-
 
 OVERRIDE_FIELDS = frozenset(
     {
