@@ -9,11 +9,6 @@ from pathlib import Path
 
 import pytest
 
-GOOD = """\
-name: tiny
-num_requests_placeholder: 0
-"""
-
 BASE = {
     "name": "t",
     "duration_s": 5,
