@@ -24,14 +24,11 @@ from envs.scenarios import ScenarioError, load_scenario, preset_names
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
 from envs.sim.run import SimResult, simulate
+from eval.errors import UserError
 
 console = Console(stderr=True)
 # Wide tables stay readable when piped to a file or a CI log (rich assumes 80 columns there).
 out = Console(width=None if sys.stdout.isatty() else 180)
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed without a traceback."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
