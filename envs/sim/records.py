@@ -23,7 +23,9 @@ class RouteDecision:
     """One routing decision and what the router saw for every candidate worker.
 
     `costs` and `overlap_blocks` are indexed like `candidates`; costs are the Dynamo cost (lower
-    is better) for the KV router and the load figure used by the load-based modes.
+    is better) for the KV router and the load figure used by the load-based modes. Overlaps are
+    the true cached prefix on each candidate, recorded even when the router ignores them (credit
+    0, baseline modes), so that PoA-hat can price cache hits for any router.
     """
 
     stage: Stage

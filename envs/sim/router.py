@@ -203,20 +203,20 @@ class Router:
         mode = self.config.mode
         num_full = isl_tokens // self.block_size
         loads = [self.loads[w] for w in self.workers]
+        # The true overlap goes into the record (PoA-hat prices cache hits whatever the knobs);
+        # the router itself sees none when the credit is 0, since Dynamo then has no indexer.
+        overlaps = [self._overlap(w, block_hashes, num_full) for w in self.workers]
         if mode == "kv":
-            if knobs.overlap_score_credit > 0:  # credit 0 switches the indexer off in Dynamo
-                overlaps = [self._overlap(w, block_hashes, num_full) for w in self.workers]
-            else:
-                overlaps = [0] * len(self.workers)
+            seen = overlaps if knobs.overlap_score_credit > 0 else [0] * len(self.workers)
             new_blocks = self._new_blocks(loads, block_hashes, num_full, knobs)
-            costs = kv_costs(loads, overlaps, new_blocks, isl_tokens, self.block_size, knobs, self.config)
+            costs = kv_costs(loads, seen, new_blocks, isl_tokens, self.block_size, knobs, self.config)
             index = select_index(costs, knobs.router_temperature, self._rng)
         else:
-            overlaps = [0] * len(self.workers)
+            seen = [0] * len(self.workers)
             costs = [float(load.active_requests) for load in loads]
             index = self._pick_baseline(mode, costs)
         chosen = self.workers[index]
-        self._book(request_id, chosen, isl_tokens, block_hashes[:num_full], overlaps[index], knobs)
+        self._book(request_id, chosen, isl_tokens, block_hashes[:num_full], seen[index], knobs)
         return RouteDecision(
             self.stage,
             now_s,
