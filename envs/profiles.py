@@ -1,4 +1,5 @@
-"""Mocker-format timing profiles (.npz): read them for the simulator's `profile` timing model.
+"""Mocker-format timing profiles (.npz): read them for the simulator's `profile` timing model,
+and write them (`poa-gym profile export`) for `dynamo.mocker --planner-profile-data`.
 
 The keys are the ones `dynamo.mocker --planner-profile-data` reads: `prefill_isl`,
 `prefill_ttft_ms`, `decode_active_kv_tokens`, `decode_context_length`, `decode_itl`.
@@ -44,3 +45,13 @@ def load_profile(path: str | Path) -> ProfileArrays:
         return ProfileArrays(**arrays)
     except ValueError as error:
         raise ScenarioError(f"{path}: invalid profile: {error}") from None
+
+
+def save_profile(arrays: ProfileArrays, path: str | Path) -> Path:
+    """Write `arrays` as the mocker reads them: float64 (ndarray-npy reads `f64` arrays only),
+    `decode_itl` shaped (active KV tokens, context length)."""
+    path = Path(path)
+    data = {key: np.ascontiguousarray(getattr(arrays, key), dtype=np.float64) for key in PROFILE_KEYS}
+    with path.open("wb") as handle:  # a file handle: np.savez would append ".npz" to a bare name
+        np.savez(handle, **data)
+    return path

@@ -24,6 +24,7 @@ from envs.scenarios import ScenarioError, load_scenario, preset_names
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
 from envs.sim.run import SimResult, simulate
+from eval import profile_cli
 from eval.errors import UserError
 
 console = Console(stderr=True)
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_cmd_bench)
+    profile_cli.add_parser(commands)
     return parser
 
 
@@ -118,7 +120,7 @@ def run_scenario(
         workload = scenario.workload
         trace = base / workload.trace_path if workload.trace_path else None
         sessions = load_mooncake(trace, workload.trace_block_tokens, workload.trace_time_scale)
-    profile = load_profile(base / scenario.timing.profile_path) if scenario.timing.kind == "profile" else None
+    profile = load_profile(base / scenario.timing.profile_path) if scenario.timing.profile_path else None
     return simulate(scenario, trace_sessions=sessions, profile=profile, progress=progress)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -91,11 +93,15 @@ def test_profile_prefill_interpolates_and_extrapolates() -> None:
     assert timing.prefill_ms(0) == 0.0
 
 
-def test_profile_decode_is_bilinear_and_clamped() -> None:
+def test_profile_decode_is_bilinear_and_extrapolated() -> None:
     timing = ProfileTiming(hand_profile(), speedup_ratio=2.0)
     # Centre of the cell: mean of the four corners, halved by the speedup.
     assert timing.decode_ms(500, 10**6, 200.0) == pytest.approx((4 + 6 + 10 + 20) / 4 / 2)
-    assert timing.decode_ms(5000, 10**6, 1000.0) == pytest.approx(20.0 / 2)  # clamped to the corner
+    # Past the grid the edge cell extends linearly (the mocker's Bilinear::extrapolate(true)):
+    # kv 5000 -> fraction 5, context 1000 -> 4.5; rows 4 -> 6 and 10 -> 20 give 13 and 55.
+    assert timing.decode_ms(5000, 10**6, 1000.0) == pytest.approx((13 * (1 - 5) + 55 * 5) / 2)
+    fast = dataclasses.replace(hand_profile(), decode_itl=np.full((2, 2), 0.25))
+    assert ProfileTiming(fast, speedup_ratio=2.0).decode_ms(500, 10**6, 200.0) == pytest.approx(1.0 / 2)
 
 
 def test_profile_rejects_malformed_axes() -> None:

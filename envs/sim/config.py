@@ -64,20 +64,41 @@ class ModelConfig:
 class TimingConfig:
     """How long one engine pass takes.
 
-    `polynomial` is the mocker's default formula; `profile` interpolates a mocker-format profile
-    (the NPZ arrays are loaded at the edge and passed to the timing model, never read here).
+    `polynomial` is the mocker's default formula; `profile` interpolates a mocker-format profile:
+    a file (`profile_path`; the NPZ arrays are loaded at the edge and passed to the timing model,
+    never read here) or a built-in roofline profile by name (`profile`, `envs.profile_catalog`).
     """
 
     kind: Literal["polynomial", "profile"] = "polynomial"
     profile_path: str | None = None
+    profile: str | None = None
     speedup_ratio: float = Field(1.0, gt=0)
     decode_speedup_ratio: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
-    def _profile_needs_path(self) -> TimingConfig:
-        if self.kind == "profile" and not self.profile_path:
-            raise ValueError("kind 'profile' needs profile_path (a mocker-format .npz)")
+    def _profile_source(self) -> TimingConfig:
+        if self.kind == "profile" and not (self.profile_path or self.profile):
+            raise ValueError(
+                "kind 'profile' needs profile_path (a mocker-format .npz) or profile "
+                f"(a built-in name: {', '.join(_profile_names())})"
+            )
+        if self.profile_path and self.profile:
+            raise ValueError("set profile_path or profile, not both")
+        if self.kind != "profile" and (self.profile_path or self.profile):
+            raise ValueError("profile_path and profile need kind 'profile'")
+        if self.profile is not None and self.profile not in _profile_names():
+            raise ValueError(
+                f"profile '{self.profile}' is not a built-in profile ({', '.join(_profile_names())})"
+            )
         return self
+
+
+def _profile_names() -> list[str]:
+    # Imported only when a scenario names a profile: the catalog imports the timing module,
+    # which imports this one.
+    from envs.profile_catalog import PROFILES
+
+    return list(PROFILES)
 
 
 @dataclass(config=_STRICT)

@@ -7,6 +7,7 @@ Durations are in milliseconds of simulated time, before the speedup ratio is app
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -75,9 +76,15 @@ class ProfileArrays:
 
 @dataclass(frozen=True, slots=True)
 class ProfileTiming:
-    """Interpolates a profile as the mocker does: prefill by 1-D linear interpolation with linear
-    extrapolation past the ends; decode by bilinear interpolation over (active KV tokens, context
-    length), clamped to the grid."""
+    """Interpolates a profile as the mocker does (Dynamo `lib/mocker/src/common/perf_model.rs`,
+    `PerfModel::from_npz` and `predict_*_time`):
+
+    * prefill: 1-D linear interpolation over the batch's total uncached tokens, extrapolated
+      linearly past both ends, floored at 0;
+    * decode: bilinear interpolation over (active KV tokens = the sum of the batch's context
+      lengths, context length = their integer mean), *extrapolated* from the edge cells past the
+      grid (`Bilinear::new().extrapolate(true)`), floored at 1 ms before the speedup.
+    """
 
     arrays: ProfileArrays
     speedup_ratio: float = 1.0
@@ -101,24 +108,31 @@ class ProfileTiming:
         kv_axis, ctx_axis = self.arrays.decode_active_kv_tokens, self.arrays.decode_context_length
         grid = self.arrays.decode_itl
         i, fi = _cell(kv_axis, float(active_kv_tokens))
-        j, fj = _cell(ctx_axis, float(mean_context_tokens))
+        # The mocker passes the mean context as an integer (sum // count).
+        j, fj = _cell(ctx_axis, float(math.floor(mean_context_tokens + 1e-9)))
         top = grid[i, j] * (1 - fj) + grid[i, j + 1] * fj
         bottom = grid[i + 1, j] * (1 - fj) + grid[i + 1, j + 1] * fj
-        return float(top * (1 - fi) + bottom * fi) / (self.speedup_ratio * self.decode_speedup_ratio)
+        raw = max(1.0, float(top * (1 - fi) + bottom * fi))
+        return raw / (self.speedup_ratio * self.decode_speedup_ratio)
 
 
 def _cell(axis: np.ndarray, value: float) -> tuple[int, float]:
-    """Index of the grid cell holding `value` (clamped) and the fraction across it."""
-    clamped = min(max(value, float(axis[0])), float(axis[-1]))
-    i = int(np.searchsorted(axis, clamped, side="right")) - 1
+    """Index of the grid cell holding `value` (the edge cell outside the grid) and the fraction
+    across it (below 0 or above 1 outside: linear extrapolation)."""
+    i = int(np.searchsorted(axis, value, side="right")) - 1
     i = min(max(i, 0), len(axis) - 2)
-    return i, (clamped - axis[i]) / (axis[i + 1] - axis[i])
+    return i, (value - axis[i]) / (axis[i + 1] - axis[i])
 
 
 def make_timing(config: TimingConfig, profile: ProfileArrays | None = None) -> TimingModel:
-    """The timing model a scenario asks for; a profile's arrays come from the caller."""
+    """The timing model a scenario asks for. A built-in profile (`timing.profile`) is computed
+    here from the roofline; a file's arrays (`timing.profile_path`) come from the caller."""
     if config.kind == "polynomial":
         return PolynomialTiming(config.speedup_ratio, config.decode_speedup_ratio)
+    if profile is None and config.profile is not None:
+        from envs.profile_catalog import profile_arrays  # pure computation; imported late (cycle)
+
+        profile = profile_arrays(config.profile)
     if profile is None:
         raise ValueError("timing kind 'profile' needs the profile arrays (load them with envs.profiles)")
     return ProfileTiming(profile, config.speedup_ratio, config.decode_speedup_ratio)
