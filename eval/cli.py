@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -23,9 +23,9 @@ from rich.table import Table
 from envs.scenarios import ScenarioError, load_scenario, preset_names
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
-from envs.sim.run import SimResult, simulate
-from eval import profile_cli
+from eval import profile_cli, sweep_cli
 from eval.errors import UserError
+from eval.runner import run_scenario
 
 console = Console(stderr=True)
 # Wide tables stay readable when piped to a file or a CI log (rich assumes 80 columns there).
@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_cmd_bench)
+
+    sweep_cli.add_parser(commands)
     profile_cli.add_parser(commands)
     return parser
 
@@ -105,23 +107,6 @@ def resolve_scenario(args: argparse.Namespace) -> tuple[ScenarioConfig, Path]:
     if args.duration_s is not None:
         overrides.append(f"duration_s={args.duration_s}")
     return load_scenario(args.scenario, overrides)
-
-
-def run_scenario(
-    scenario: ScenarioConfig, path: Path, progress: Callable[[float, int], None] | None = None
-) -> SimResult:
-    """Load what the scenario names (trace, profile) relative to its file, then simulate."""
-    from envs.profiles import load_profile
-    from envs.traces import load_mooncake
-
-    base = path.parent
-    sessions = None
-    if scenario.workload.arrival == "trace":
-        workload = scenario.workload
-        trace = base / workload.trace_path if workload.trace_path else None
-        sessions = load_mooncake(trace, workload.trace_block_tokens, workload.trace_time_scale)
-    profile = load_profile(base / scenario.timing.profile_path) if scenario.timing.profile_path else None
-    return simulate(scenario, trace_sessions=sessions, profile=profile, progress=progress)
 
 
 class _LazyProgress:
