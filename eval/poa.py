@@ -15,7 +15,9 @@ consecutive decisions. For a window whose first decision is at t0:
 
 `uncached_tokens(r, w)` is r's prompt minus the prefix cached on w as the record saw it;
 `n_w(t0)` counts requests routed to w at this stage before t0 still waiting for their first
-token; `realized_s(r)` is the time from r's decision to its first token. Frozen latencies are
+token; `realized_s(r)` is r's TTFT, the outcome its user saw whatever the stage (in 1P/xD
+setups the decode choice comes after a prefill queue the frozen model cannot see). Frozen
+latencies are
 the linear (below-saturation) latency model of the paper's section 5; past the knee real latency
 grows faster, which is why PoA-hat explodes there and why it is an upper bound on the true PoA.
 
@@ -173,7 +175,7 @@ def _window_costs(
     t0 = window[0][1].time_s
     matrix, workers = frozen_matrix(window, inflight.at(t0), params.latency)
     if params.actual == "realized":
-        actual = sum(record.first_token_s - decision.time_s for record, decision in window)
+        actual = sum(record.ttft_s for record, _ in window)
     else:
         column = {w: j for j, w in enumerate(workers)}
         actual = float(sum(matrix[i, column[d.chosen]] for i, (_, d) in enumerate(window)))
