@@ -28,8 +28,14 @@ from envs.sim.sequence import Sequence
 from envs.sim.timing import TimingModel
 from envs.sim.workload import Session, Turn, prompt_block_hashes, sequence_block_hashes
 
-# The decode stage's forced override in Dynamo 1.6.1's frontend.
-_DECODE_OVERRIDE = {"overlap_score_credit": 0.0, "assume_kv_reuse": False, "track_prefill_tokens": False}
+# The decode stage's forced override in each release's frontend: 1.6.1 makes it load-only;
+# v0.9 zeroed only the weight, so prefix blocks booked on a decode worker still count once.
+_DECODE_OVERRIDES: dict[str, dict[str, float | bool | None]] = {
+    "dynamo-1.6": {"overlap_score_credit": 0.0, "assume_kv_reuse": False, "track_prefill_tokens": False},
+    "dynamo-0.9": {"overlap_score_weight": 0.0},
+}
+# v0.9's RouterConfigOverride had two fields.
+_V09_OVERRIDE_FIELDS = frozenset({"overlap_score_weight", "router_temperature"})
 
 
 class _Flight:
@@ -40,8 +46,10 @@ class _Flight:
         "cached_tokens",
         "decisions",
         "decode_worker",
+        "disk_cached_tokens",
         "done",
         "first_token_s",
+        "host_cached_tokens",
         "input_tokens",
         "knobs",
         "output_tokens",
@@ -69,7 +77,7 @@ class _Flight:
         self.prefill_worker = self.decode_worker = -1
         self.prefill_start_s = self.prefill_end_s = self.first_token_s = -1.0
         self.transfer_start_s = self.transfer_end_s = -1.0
-        self.cached_tokens = 0
+        self.cached_tokens = self.host_cached_tokens = self.disk_cached_tokens = 0
         self.prompt_hashes: tuple[int, ...] = ()
         self.seq_hashes: tuple[int, ...] = ()
         self.done: simpy.Event | None = None
@@ -101,6 +109,8 @@ class Cluster:
         self._pending_sources: dict[int, Sequence] = {}
         self._build_workers(timing)
         self._build_routers(routing_rng)
+        if any(engine.tiers is not None for engine in self.engines):
+            self.router.set_tier_overlap(self._tier_overlap)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -119,6 +129,7 @@ class Cluster:
                 timing,
                 self._on_first_token,
                 self._on_done,
+                self.scenario.model.kv_bytes_per_token,
             )
             for wid, kind in enumerate(kinds)
         ]
@@ -135,6 +146,8 @@ class Cluster:
         if self.scenario.topology.mode == "agg":
             self.router = Router(config, Stage.AGG, by_kind["agg"], self.block_size, self._overlap, rng)
             self.decode_router = None
+            if config.router_semantics == "dynamo-0.9":
+                self.router.tree_size = self._tree_size
             return
         prefill_config = dataclasses.replace(config, track_active_blocks=False)
         self.router = Router(
@@ -143,9 +156,21 @@ class Cluster:
         self.decode_router = Router(
             config, Stage.DECODE, by_kind["decode"], self.block_size, self._overlap, rng
         )
+        if config.router_semantics == "dynamo-0.9":
+            for router in (self.router, self.decode_router):
+                router.tree_size = self._tree_size
+
+    def _tree_size(self, worker: int) -> int:
+        return self.engines[worker].pool.num_cached
 
     def _overlap(self, worker: int, block_hashes: tuple[int, ...], num_blocks: int) -> int:
         return self.engines[worker].pool.match_prefix(block_hashes, num_blocks)
+
+    def _tier_overlap(
+        self, worker: int, block_hashes: tuple[int, ...], start: int, limit: int
+    ) -> tuple[int, int]:
+        tiers = self.engines[worker].tiers
+        return (0, 0) if tiers is None else tiers.match(block_hashes, start, limit, self.env.now)
 
     # -- control ------------------------------------------------------------------------------
 
@@ -155,6 +180,13 @@ class Cluster:
 
     def set_router_override(self, override: dict[str, float | bool | None] | None) -> None:
         """Route every request from now on with the scenario's knobs plus this override."""
+        if self.scenario.router.router_semantics == "dynamo-0.9" and override:
+            unknown = set(override) - _V09_OVERRIDE_FIELDS
+            if unknown:
+                raise ValueError(
+                    f"router_config_override: Dynamo v0.9 takes only {sorted(_V09_OVERRIDE_FIELDS)}, "
+                    f"not {sorted(unknown)}"
+                )
         self._knobs = apply_override(Knobs.from_config(self.scenario.router), override)
 
     def on_progress(self, hook: ProgressHook) -> None:
@@ -251,6 +283,7 @@ class Cluster:
         flight.prefill_start_s = seq.scheduled_s
         flight.prefill_end_s = now_s
         flight.cached_tokens = seq.reused_tokens
+        flight.host_cached_tokens, flight.disk_cached_tokens = seq.host_hit_tokens, seq.disk_hit_tokens
         self.router.prefill_done(flight.request_id)
         if engine_kind == "agg":
             flight.first_token_s = now_s
@@ -261,6 +294,7 @@ class Cluster:
             flight.decode_worker = flight.prefill_worker
             # Reuse is the best over the request's admissions (a preempted request re-admits).
             flight.cached_tokens = seq.reused_tokens
+            flight.host_cached_tokens, flight.disk_cached_tokens = seq.host_hit_tokens, seq.disk_hit_tokens
             self.router.free(flight.request_id)
             self._complete(flight, seq, now_s)
         elif flight.decode_worker < 0:
@@ -273,7 +307,8 @@ class Cluster:
     def _hand_off(self, flight: _Flight, prefill_seq: Sequence, now_s: float) -> None:
         """Prefill finished: pick a decode worker and move the prompt's KV blocks there."""
         assert self.decode_router is not None
-        knobs = apply_override(flight.knobs, _DECODE_OVERRIDE)  # the knobs in force at arrival
+        forced = _DECODE_OVERRIDES[self.scenario.router.router_semantics]
+        knobs = apply_override(flight.knobs, forced)  # the knobs in force at arrival
         decision = self.decode_router.route(
             flight.request_id, flight.input_tokens, flight.prompt_hashes, knobs, now_s
         )
@@ -323,6 +358,8 @@ class Cluster:
             last_token_s=now_s,
             num_preemptions=seq.num_preemptions,
             decisions=tuple(flight.decisions),
+            host_cached_tokens=flight.host_cached_tokens,
+            disk_cached_tokens=flight.disk_cached_tokens,
         )
         self.records.append(record)
         assert flight.done is not None

@@ -7,6 +7,7 @@ Defaults follow Dynamo 1.6.1 (`dynamo.mocker` and the KV router) unless a commen
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -15,6 +16,41 @@ from pydantic.dataclasses import dataclass
 _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 RouterMode = Literal["kv", "round_robin", "random", "power_of_two", "least_loaded"]
+
+
+@dataclass(config=_STRICT)
+class KvTiersConfig:
+    """KV-cache tiers below G1 (HBM): G2 host DRAM and G3 local disk, fed write-through.
+
+    Off by default (0 blocks). Bandwidths are GB/s (1e9 bytes/s) per worker and direction; 0 means
+    no delay. Defaults are the mocker's (`lib/mocker/src/kvbm_offload/config.rs`): 14 GB/s for
+    G1<->G2 (a PCIe Gen4 x16 link in practice; Gen5 x16 is 64 GB/s nominal) and 7 GB/s for G2<->G3
+    (one local NVMe SSD).
+    """
+
+    host_blocks: int = Field(0, ge=0)
+    host_offload_gbps: float = Field(14.0, ge=0, allow_inf_nan=False)
+    host_onboard_gbps: float = Field(14.0, ge=0, allow_inf_nan=False)
+    disk_blocks: int = Field(0, ge=0)
+    disk_offload_gbps: float = Field(7.0, ge=0, allow_inf_nan=False)
+    disk_onboard_gbps: float = Field(7.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _chain(self) -> KvTiersConfig:
+        # Write-through runs G1 -> G2 -> G3: without G2 nothing ever reaches G3.
+        if self.disk_blocks > 0 and self.host_blocks == 0:
+            raise ValueError("kv_tiers.disk_blocks > 0 needs kv_tiers.host_blocks > 0 (G3 is fed from G2)")
+        if 0 < self.disk_blocks < self.host_blocks:
+            warnings.warn(
+                f"kv_tiers.disk_blocks ({self.disk_blocks}) < kv_tiers.host_blocks ({self.host_blocks}):"
+                " each lower tier should be larger than the one above it, or it churns (KVBM guide)",
+                stacklevel=2,
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.host_blocks > 0
 
 
 @dataclass(config=_STRICT)
@@ -28,6 +64,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     preemption_mode: Literal["lifo", "fifo"] = "lifo"
+    kv_tiers: KvTiersConfig = KvTiersConfig()
 
     @model_validator(mode="after")
     def _batch_fits(self) -> EngineConfig:
@@ -36,6 +73,13 @@ class EngineConfig:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
                 f"max_num_seqs ({self.max_num_seqs})"
+            )
+        if 0 < self.kv_tiers.host_blocks < self.num_gpu_blocks:
+            warnings.warn(
+                f"kv_tiers.host_blocks ({self.kv_tiers.host_blocks}) < "
+                f"num_gpu_blocks ({self.num_gpu_blocks}): each lower tier should be larger than the "
+                "one above it, or it churns (KVBM guide)",
+                stacklevel=2,
             )
         return self
 
@@ -111,9 +155,18 @@ class KvTransferConfig:
 
 @dataclass(config=_STRICT)
 class RouterConfig:
-    """Dynamo 1.6.1 router: the mode and the KV router's cost knobs (`KvRouterConfig`)."""
+    """The router: its mode, the KV router's cost knobs (`KvRouterConfig`) and which Dynamo
+    release's disaggregated routing to follow.
+
+    `dynamo-1.6` (the default): the decode stage is forced load-only (credit 0, no KV-reuse
+    assumption, no prefill tracking) and ties break at random. `dynamo-0.9` (the paper's
+    release): the decode stage forces only `overlap_score_weight = 0`, so prefix blocks already
+    booked on a decode worker count once; ties go to the worker with the fewest cached blocks;
+    the only knobs are `overlap_score_weight` and `router_temperature`.
+    """
 
     mode: RouterMode = "kv"
+    router_semantics: Literal["dynamo-1.6", "dynamo-0.9"] = "dynamo-1.6"
     overlap_score_credit: float = Field(1.0, ge=0, allow_inf_nan=False)
     overlap_score_credit_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     prefill_load_scale: float = Field(1.0, ge=0, allow_inf_nan=False)
@@ -125,6 +178,29 @@ class RouterConfig:
     assume_kv_reuse: bool = True
     track_prefill_tokens: bool = True
     track_active_blocks: bool = True
+
+    @model_validator(mode="after")
+    def _only_v09_knobs(self) -> RouterConfig:
+        if self.router_semantics != "dynamo-0.9":
+            return self
+        for name, default in _V09_ABSENT_KNOBS.items():
+            if getattr(self, name) != default:
+                raise ValueError(
+                    f"{name}: Dynamo v0.9 has no such knob (router_semantics dynamo-0.9 takes "
+                    "overlap_score_weight and router_temperature); leave it at its default"
+                )
+        return self
+
+
+# Knobs that came after v0.9, with the values that make 1.6.1's formula equal v0.9's.
+_V09_ABSENT_KNOBS = {
+    "overlap_score_credit": 1.0,
+    "overlap_score_credit_decay": 0.0,
+    "prefill_load_scale": 1.0,
+    "decode_active_request_weight": 0.0,
+    "assume_kv_reuse": True,
+    "track_prefill_tokens": True,
+}
 
 
 @dataclass(config=_STRICT)

@@ -25,6 +25,7 @@ import simpy
 
 from envs.sim.config import EngineConfig
 from envs.sim.kv_cache import BlockPool
+from envs.sim.kv_tiers import KvTiers
 from envs.sim.sequence import EngineStats, Sequence
 from envs.sim.timing import TimingModel
 
@@ -50,6 +51,7 @@ class Engine:
         timing: TimingModel,
         on_first_token: TokenSink,
         on_done: TokenSink,
+        kv_bytes_per_token: float = 0.0,
     ) -> None:
         self.env = env
         self.worker_id = worker_id
@@ -76,6 +78,12 @@ class Engine:
         self._pending_release: list[Sequence] = []
         self._capacity_tokens = config.num_gpu_blocks * config.block_size
         self._hold_after_done = kind == "prefill"
+        # Lower KV tiers (G2/G3), off unless configured; `_stored` gathers the blocks cached in G1
+        # during a pass, written through to G2 when the pass ends (None keeps the hot path bare).
+        tiers = config.kv_tiers
+        self.tiers = KvTiers(tiers, config.block_size * kv_bytes_per_token) if tiers.enabled else None
+        self._stored: list[int] | None = [] if self.tiers is not None else None
+        self._num_loading = 0
         env.process(self._loop())
 
     @property
@@ -133,6 +141,7 @@ class Engine:
 
     def _loop(self):  # simpy process
         env = self.env
+        stalled = False
         while True:
             if self._incoming or self._pending_release:
                 self._at_boundary()
@@ -142,6 +151,18 @@ class Engine:
                 self._wakeup = None
             batch, num_prefill_tokens = self._schedule()
             num_decoding = self._num_decoding
+            if self._num_loading and not (batch or num_decoding or self._first_emitters):
+                # All the work waits on KV loads: after one empty pass (which lets a preempted
+                # sequence be readmitted), sleep until a load lands or a request arrives.
+                if stalled:
+                    stalled = False
+                    self._wakeup = env.event()
+                    yield self._wakeup
+                    self._wakeup = None
+                    continue
+                stalled = True
+            else:
+                stalled = False
             duration_ms = self.timing.prefill_ms(num_prefill_tokens) if num_prefill_tokens else 0.0
             if num_decoding:
                 kv_tokens = self._decode_base_sum + num_decoding * self._tick
@@ -156,6 +177,8 @@ class Engine:
             self.stats.num_passes += 1
             self.stats.busy_s += duration_s
             notified = self._complete_pass(batch, num_decoding, start_s)
+            if self._stored:
+                self._offload_stored()
             self._tick += 1
             if notified:
                 # Let what the callbacks started at this instant (a closed-loop client's next
@@ -235,7 +258,19 @@ class Engine:
         chunked = self.config.enable_chunked_prefill
         while waiting and budget > 0 and len(running) < max_seqs:
             seq = waiting[0]
-            self._claim_prefix(seq)
+            if seq.onboarding:
+                seq.onboarding = False  # its onboarded blocks are in G1 now: prefill the rest
+            else:
+                best_reused = seq.reused_tokens
+                self._claim_prefix(seq)
+                if self.tiers is not None and not seq.skip_prefill:
+                    loading = self._claim_lower_tiers(seq, best_reused)
+                    if loading is None:
+                        self.release(seq)
+                        break
+                    if loading:
+                        waiting.popleft()
+                        continue
             if seq.skip_prefill:
                 # The prompt's KV arrived by transfer: hold all of it and decode in this pass.
                 if not self._grow(seq, seq.input_tokens + seq.generated):
@@ -370,10 +405,60 @@ class Engine:
 
     def _register_full_blocks(self, seq: Sequence, computed_tokens: int) -> None:
         full = min(computed_tokens // self.block_size, len(seq.block_hashes), seq.num_blocks)
-        pool = self.pool
+        pool, stored = self.pool, self._stored
         while seq.num_registered < full:
             block_hash = seq.block_hashes[seq.num_registered]
             seq.num_registered += 1
             if pool.register(block_hash):
                 seq.held.append(block_hash)
                 seq.num_private -= 1
+                if stored is not None:
+                    stored.append(block_hash)
+
+    # -- lower KV tiers (envs.sim.kv_tiers) -----------------------------------------------------
+
+    def _offload_stored(self) -> None:
+        assert self.tiers is not None and self._stored is not None
+        self.tiers.offload(self._stored, self.env.now)
+        self._stored.clear()
+
+    def _claim_lower_tiers(self, seq: Sequence, best_reused: int) -> bool | None:
+        """After the G1 prefix hits, find the prompt's continuation in G2 then G3 and onboard it.
+
+        Returns True when a load is in flight (the sequence leaves the waiting queue until it
+        lands), False when there is nothing to wait for, None when G1 has no room for the blocks.
+        """
+        assert self.tiers is not None
+        bs, now_s = self.block_size, self.env.now
+        hits = seq.num_blocks
+        cacheable = min((seq.prompt_tokens - 1) // bs, len(seq.block_hashes))
+        num_host = num_disk = 0
+        if self.pool.caching and hits < cacheable:
+            num_host, num_disk = self.tiers.match(seq.block_hashes, hits, cacheable, now_s)
+        total_tokens = (hits + num_host + num_disk) * bs
+        if total_tokens > best_reused:
+            seq.host_hit_tokens, seq.disk_hit_tokens = num_host * bs, num_disk * bs
+            seq.reused_tokens = total_tokens
+        if not num_host and not num_disk:
+            return False
+        if not self._grow(seq, total_tokens):
+            return None
+        seq.num_computed = total_tokens
+        ready_s = self.tiers.onboard(seq.block_hashes, hits, num_host, num_disk, now_s)
+        if ready_s <= now_s:
+            self._register_full_blocks(seq, total_tokens)
+            return False
+        seq.onboarding = True
+        self._num_loading += 1
+        timer = self.env.timeout(ready_s - now_s)
+        timer.callbacks.append(lambda _event: self._finish_onboard(seq))
+        return True
+
+    def _finish_onboard(self, seq: Sequence) -> None:
+        """The load landed: the blocks join G1's cache and the sequence is schedulable again,
+        ahead of the queue (it was at its head when the load started)."""
+        self._num_loading -= 1
+        self._register_full_blocks(seq, seq.num_computed)
+        self.waiting.appendleft(seq)
+        if self._wakeup is not None and not self._wakeup.triggered:
+            self._wakeup.succeed()

@@ -48,6 +48,11 @@ class BlockPool:
     def num_active(self) -> int:
         return self.num_blocks - self.num_available
 
+    @property
+    def num_cached(self) -> int:
+        """Blocks in the prefix-cache index (what the router's radix tree holds for this worker)."""
+        return len(self._refcount) + len(self._inactive)
+
     def is_cached(self, block_hash: int) -> bool:
         return block_hash in self._refcount or block_hash in self._inactive
 

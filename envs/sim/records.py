@@ -60,6 +60,9 @@ class RequestRecord:
     last_token_s: float
     num_preemptions: int
     decisions: tuple[RouteDecision, ...]
+    # Of `cached_tokens`, the prompt tokens onboarded from the lower KV tiers (G2 host, G3 disk).
+    host_cached_tokens: int = 0
+    disk_cached_tokens: int = 0
 
     @property
     def ttft_s(self) -> float:

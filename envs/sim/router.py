@@ -15,6 +15,7 @@ p_w ~ exp(-(cost_w - min) / ((max - min) * T)).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -116,6 +117,15 @@ class OverlapOracle(Protocol):
     def __call__(self, worker: int, block_hashes: tuple[int, ...], num_blocks: int) -> int: ...
 
 
+class TierOverlapOracle(Protocol):
+    """Counts a prompt's blocks found in a worker's lower KV tiers beyond its first `start`
+    (device-cached) blocks: (the run in G2 host memory, the run in G3 disk after it)."""
+
+    def __call__(
+        self, worker: int, block_hashes: tuple[int, ...], start: int, num_blocks: int
+    ) -> tuple[int, int]: ...
+
+
 def kv_costs(
     loads: list[WorkerLoad],
     overlaps: list[int],
@@ -124,24 +134,30 @@ def kv_costs(
     block_size: int,
     knobs: Knobs,
     config: RouterConfig,
+    tier_overlaps: list[tuple[int, int]] | None = None,
 ) -> list[float]:
     """Dynamo 1.6.1's per-worker cost for one request (see the module docstring).
 
     `overlaps` are the prompt's leading blocks cached on each worker; `new_blocks` the blocks
-    the request would add to each worker's booked decode blocks.
+    the request would add to each worker's booked decode blocks; `tier_overlaps` the (host, disk)
+    blocks continuing the device match, credited at `host_cache_hit_weight` and
+    `disk_cache_hit_weight` (undecayed, as in Dynamo's `overlap_credit_blocks`).
     """
     request_blocks = max(1, -(-isl_tokens // block_size))  # ceil: only normalises the decay
     track_prefill = knobs.track_prefill_tokens
     min_prefill = min(load.active_prefill_tokens for load in loads)
     decay_k = config.overlap_score_credit_decay if track_prefill else 0.0
     costs = []
-    for load, overlap, added in zip(loads, overlaps, new_blocks, strict=True):
+    for i, (load, overlap, added) in enumerate(zip(loads, overlaps, new_blocks, strict=True)):
         raw_prefill_blocks = (load.active_prefill_tokens + isl_tokens) / block_size if track_prefill else 0.0
         decay = 1.0
         if decay_k > 0:
             excess_blocks = (load.active_prefill_tokens - min_prefill) / block_size
             decay = 1.0 / (1.0 + decay_k * excess_blocks / request_blocks)
         credit = knobs.overlap_score_credit * decay * overlap
+        if tier_overlaps is not None:
+            host_blocks, disk_blocks = tier_overlaps[i]
+            credit += config.host_cache_hit_weight * host_blocks + config.disk_cache_hit_weight * disk_blocks
         adjusted = max(0.0, raw_prefill_blocks - credit)
         decode_blocks = load.active_decode_blocks + added if config.track_active_blocks else 0
         cost = knobs.prefill_load_scale * adjusted + decode_blocks
@@ -150,12 +166,25 @@ def kv_costs(
     return costs
 
 
-def select_index(costs: list[float], temperature: float, rng: np.random.Generator) -> int:
-    """Dynamo's selection: random-tie-break argmin at T = 0, softmax over min-max-normalised
-    costs at T > 0 (uniform when all costs are equal)."""
+def select_index(
+    costs: list[float],
+    temperature: float,
+    rng: np.random.Generator,
+    tree_sizes: list[int] | None = None,
+) -> int:
+    """Dynamo's selection: argmin at T = 0, softmax over min-max-normalised costs at T > 0
+    (uniform when all costs are equal).
+
+    Ties at T = 0 go to a uniformly random one (1.6.1); with `tree_sizes` (v0.9) first to the
+    workers with the fewest cached blocks, then at random (v0.9 took HashMap order, which Rust
+    randomises per process).
+    """
     low = min(costs)
     if temperature <= 0:
         ties = [i for i, cost in enumerate(costs) if cost == low]
+        if len(ties) > 1 and tree_sizes is not None:
+            smallest = min(tree_sizes[i] for i in ties)
+            ties = [i for i in ties if tree_sizes[i] == smallest]
         return ties[0] if len(ties) == 1 else ties[int(rng.integers(len(ties)))]
     span = max(costs) - low
     if span <= 0:
@@ -192,6 +221,9 @@ class Router:
         self.block_size = block_size
         self.loads = {worker: WorkerLoad() for worker in workers}
         self._overlap = overlap
+        self._tier_overlap: TierOverlapOracle | None = None
+        # Set for Dynamo v0.9 semantics: ties go to the worker with the smallest radix tree.
+        self.tree_size: Callable[[int], int] | None = None
         self._rng = rng
         self._next_rr = 0
         self._booked: dict[int, tuple[int, int, tuple[int, ...], int]] = {}
@@ -209,8 +241,10 @@ class Router:
         if mode == "kv":
             seen = overlaps if knobs.overlap_score_credit > 0 else [0] * len(self.workers)
             new_blocks = self._new_blocks(loads, block_hashes, num_full, knobs)
-            costs = kv_costs(loads, seen, new_blocks, isl_tokens, self.block_size, knobs, self.config)
-            index = select_index(costs, knobs.router_temperature, self._rng)
+            tiers = self._tier_overlaps(seen, block_hashes, num_full, knobs)
+            costs = kv_costs(loads, seen, new_blocks, isl_tokens, self.block_size, knobs, self.config, tiers)
+            sizes = [self.tree_size(w) for w in self.workers] if self.tree_size is not None else None
+            index = select_index(costs, knobs.router_temperature, self._rng, sizes)
         else:
             seen = [0] * len(self.workers)
             costs = [float(load.active_requests) for load in loads]
@@ -228,6 +262,20 @@ class Router:
             knobs.prefill_load_scale,
             knobs.router_temperature,
         )
+
+    def set_tier_overlap(self, oracle: TierOverlapOracle) -> None:
+        """Credit lower-tier (G2/G3) hits too: the workers have KV tiers configured."""
+        self._tier_overlap = oracle
+
+    def _tier_overlaps(
+        self, device: list[int], block_hashes: tuple[int, ...], num_full: int, knobs: Knobs
+    ) -> list[tuple[int, int]] | None:
+        """Each worker's (host, disk) blocks continuing its device match; None without tiers or
+        with the indexer off (credit 0)."""
+        oracle = self._tier_overlap
+        if oracle is None or knobs.overlap_score_credit <= 0:
+            return None
+        return [oracle(w, block_hashes, d, num_full) for w, d in zip(self.workers, device, strict=True)]
 
     def _pick_baseline(self, mode: str, active: list[float]) -> int:
         if mode == "round_robin":

@@ -16,9 +16,11 @@ class Sequence:
     __slots__ = (
         "block_hashes",
         "decode_base",
+        "disk_hit_tokens",
         "epoch",
         "generated",
         "held",
+        "host_hit_tokens",
         "in_decode",
         "input_tokens",
         "last_token_s",
@@ -28,6 +30,7 @@ class Sequence:
         "num_preemptions",
         "num_private",
         "num_registered",
+        "onboarding",
         "output_target",
         "owner",
         "prompt_tokens",
@@ -70,6 +73,11 @@ class Sequence:
         self.decode_base = 0
         self.epoch = 0  # bumped when the sequence leaves the decode set, voiding its pending events
         self.owner: object = None  # the cluster's handle for the request
+        # KV tiers (envs.sim.kv_tiers): prompt tokens read from G2 / G3 at the admission that
+        # set `reused_tokens`, and whether the sequence holds onboarded blocks awaiting prefill.
+        self.host_hit_tokens = 0
+        self.disk_hit_tokens = 0
+        self.onboarding = False
 
 
 @dataclass(slots=True)
