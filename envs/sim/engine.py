@@ -84,6 +84,7 @@ class Engine:
         self.tiers = KvTiers(tiers, config.block_size * kv_bytes_per_token) if tiers.enabled else None
         self._stored: list[int] | None = [] if self.tiers is not None else None
         self._num_loading = 0
+        self._loaded: deque[Sequence] = deque()  # loads landed, in landing order
         env.process(self._loop())
 
     @property
@@ -145,7 +146,7 @@ class Engine:
         while True:
             if self._incoming or self._pending_release:
                 self._at_boundary()
-            if not self.running and not self.waiting:
+            if not self.running and not self.waiting and not self._loaded:
                 self._wakeup = env.event()
                 yield self._wakeup
                 self._wakeup = None
@@ -256,17 +257,20 @@ class Engine:
         num_prefill_tokens = 0
         waiting, running, max_seqs = self.waiting, self.running, self.config.max_num_seqs
         chunked = self.config.enable_chunked_prefill
-        while waiting and budget > 0 and len(running) < max_seqs:
-            seq = waiting[0]
-            if seq.onboarding:
-                seq.onboarding = False  # its onboarded blocks are in G1 now: prefill the rest
-            else:
+        while budget > 0 and len(running) < max_seqs:
+            # Sequences whose KV load landed go first: they hold G1 blocks, so letting a
+            # sequence that needs those blocks go ahead of them could deadlock the worker.
+            queue = self._loaded or waiting
+            if not queue:
+                break
+            seq = queue[0]
+            if queue is waiting:
                 best_reused = seq.reused_tokens
                 self._claim_prefix(seq)
                 if self.tiers is not None and not seq.skip_prefill:
                     loading = self._claim_lower_tiers(seq, best_reused)
                     if loading is None:
-                        self.release(seq)
+                        self._defer(seq, queue)
                         break
                     if loading:
                         waiting.popleft()
@@ -274,7 +278,7 @@ class Engine:
             if seq.skip_prefill:
                 # The prompt's KV arrived by transfer: hold all of it and decode in this pass.
                 if not self._grow(seq, seq.input_tokens + seq.generated):
-                    self.release(seq)
+                    self._defer(seq, queue)
                     break
                 seq.num_computed = seq.prompt_tokens
                 self._register_full_blocks(seq, seq.num_computed)
@@ -285,7 +289,7 @@ class Engine:
                 remaining = seq.prompt_tokens - seq.num_computed
                 num_new = min(remaining, budget)
                 if (num_new < remaining and not chunked) or not self._grow(seq, seq.num_computed + num_new):
-                    self.release(seq)
+                    self._defer(seq, queue)
                     break
                 # vLLM v1 caches a block as soon as it is scheduled: a later request in the
                 # same pass already hits it.
@@ -294,7 +298,7 @@ class Engine:
                 self._prefilling.append(seq)
                 budget -= num_new
                 num_prefill_tokens += num_new
-            waiting.popleft()
+            queue.popleft()
             running[seq] = None
             if seq.scheduled_s < 0:
                 seq.scheduled_s = self.env.now
@@ -312,6 +316,13 @@ class Engine:
         seq.num_private = 0
         seq.num_computed = hits * bs
         seq.reused_tokens = max(seq.reused_tokens, hits * bs)
+
+    def _defer(self, seq: Sequence, queue: deque[Sequence]) -> None:
+        """`seq` cannot start in this pass: it gives its blocks back and waits at the head of the
+        waiting queue (a loaded sequence then claims its prefix again, from G1 this time)."""
+        self.release(seq)
+        if queue is not self.waiting:
+            self.waiting.appendleft(queue.popleft())
 
     # -- the decode set -----------------------------------------------------------------------
 
@@ -448,7 +459,6 @@ class Engine:
         if ready_s <= now_s:
             self._register_full_blocks(seq, total_tokens)
             return False
-        seq.onboarding = True
         self._num_loading += 1
         timer = self.env.timeout(ready_s - now_s)
         timer.callbacks.append(lambda _event: self._finish_onboard(seq))
@@ -456,9 +466,9 @@ class Engine:
 
     def _finish_onboard(self, seq: Sequence) -> None:
         """The load landed: the blocks join G1's cache and the sequence is schedulable again,
-        ahead of the queue (it was at its head when the load started)."""
+        ahead of the waiting queue (it was at its head when the load started)."""
         self._num_loading -= 1
         self._register_full_blocks(seq, seq.num_computed)
-        self.waiting.appendleft(seq)
+        self._loaded.append(seq)
         if self._wakeup is not None and not self._wakeup.triggered:
             self._wakeup.succeed()

@@ -30,7 +30,6 @@ class Sequence:
         "num_preemptions",
         "num_private",
         "num_registered",
-        "onboarding",
         "output_target",
         "owner",
         "prompt_tokens",
@@ -74,10 +73,9 @@ class Sequence:
         self.epoch = 0  # bumped when the sequence leaves the decode set, voiding its pending events
         self.owner: object = None  # the cluster's handle for the request
         # KV tiers (envs.sim.kv_tiers): prompt tokens read from G2 / G3 at the admission that
-        # set `reused_tokens`, and whether the sequence holds onboarded blocks awaiting prefill.
+        # set `reused_tokens`.
         self.host_hit_tokens = 0
         self.disk_hit_tokens = 0
-        self.onboarding = False
 
 
 @dataclass(slots=True)
