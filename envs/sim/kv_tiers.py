@@ -20,7 +20,7 @@ What we follow (Dynamo's mocker, `lib/mocker/src/host_offload/{policy,manager}.r
 - Onboarding is asynchronous and fences only the request that needs it
   (`LoadExecution::Async`, `LoadFence::DependentRequest`): the request takes its G1 blocks, leaves
   the waiting queue while the load runs, and is scheduled again when it lands; other requests keep
-  running (see `Engine._start_onboard`).
+  running (see `Engine._claim_lower_tiers`).
 
 Where we deviate, and why:
 - Writes that back up: a write needs a free or evictable slot; when every slot holds a write in
