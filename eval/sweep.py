@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -94,7 +95,12 @@ def build_plan(
     for policy in policies:
         for concurrency in concurrencies:
             for seed in seeds:
-                run_overrides = [*base_overrides, *policy.overrides, *_load_overrides(base, concurrency)]
+                run_overrides = [
+                    *base_overrides,
+                    *policy.overrides,
+                    *_load_overrides(base, concurrency),
+                    *_noise_overrides(base, policy),
+                ]
                 scenario = _policy_scenario(scenario_source, [*run_overrides, f"seed={seed}"], policy)
                 runs.append(RunSpec(len(runs), scenario, path, policy.name, concurrency, warmup, poa_params))
     return SweepPlan(
@@ -131,6 +137,16 @@ def _load_overrides(scenario: ScenarioConfig, concurrency: int) -> list[str]:
     # A trace with `concurrency` set is already replayed closed loop (its own sessions).
     arrival = [] if scenario.workload.arrival == "trace" else ["workload.arrival=closed_loop"]
     return [*arrival, f"workload.concurrency={concurrency}"]
+
+
+def _noise_overrides(scenario: ScenarioConfig, policy: PolicySpec) -> list[str]:
+    # With timing noise on, each policy gets its own noise realisation (a stable function of its
+    # name), as each setting of the paper's grid was a separate run on the cluster; the workload
+    # stays common to all policies of a seed.
+    if scenario.timing.step_time_cv <= 0:
+        return []
+    stream = scenario.timing.noise_stream + zlib.crc32(policy.name.encode())
+    return [f"timing.noise_stream={stream}"]
 
 
 def _policy_scenario(source: str, overrides: list[str], policy: PolicySpec) -> ScenarioConfig:

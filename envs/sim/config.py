@@ -118,6 +118,11 @@ class TimingConfig:
     profile: str | None = None
     speedup_ratio: float = Field(1.0, gt=0)
     decode_speedup_ratio: float = Field(1.0, gt=0)
+    # Run-to-run hardware noise: every timing query is scaled by a lognormal factor of mean 1 and
+    # this coefficient of variation (0: exact timing, as Dynamo's mocker). `noise_stream` picks
+    # the noise realisation independently of the workload, as separate runs on real GPUs differ.
+    step_time_cv: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
+    noise_stream: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _profile_source(self) -> TimingConfig:

@@ -33,6 +33,12 @@ def random_streams(seed: int) -> dict[str, np.random.Generator]:
     return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children, strict=True)}
 
 
+def hardware_noise_rng(seed: int, noise_stream: int) -> np.random.Generator:
+    """The timing-noise stream: a child of the seed beside the named streams (which it leaves
+    unchanged), one per `noise_stream`."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(len(STREAMS), noise_stream)))
+
+
 def build_cluster(
     scenario: ScenarioConfig,
     trace_sessions: Iterable[Session] | None = None,
@@ -52,9 +58,9 @@ def build_cluster(
         ).block_size
         generator = SyntheticSessions(workload, block_tokens, streams["sessions"])
         sessions = (generator.session(i, 0.0) for i in itertools.count())
-    cluster = Cluster(
-        scenario, sessions, make_timing(scenario.timing, profile), streams["routing"], block_tokens
-    )
+    noise = hardware_noise_rng(scenario.seed, scenario.timing.noise_stream)
+    timing = make_timing(scenario.timing, profile, noise)
+    cluster = Cluster(scenario, sessions, timing, streams["routing"], block_tokens)
     if workload.concurrency is not None:
         base = workload.concurrency
         steps = workload.load_schedule

@@ -124,9 +124,43 @@ def _cell(axis: np.ndarray, value: float) -> tuple[int, float]:
     return i, (value - axis[i]) / (axis[i + 1] - axis[i])
 
 
-def make_timing(config: TimingConfig, profile: ProfileArrays | None = None) -> TimingModel:
+@dataclass(frozen=True, slots=True)
+class NoisyTiming:
+    """A timing model whose every answer is scaled by a lognormal factor with mean 1 and
+    coefficient of variation `cv`: the pass-to-pass jitter of real GPUs (kernel launch, host
+    scheduling), which also keeps closed-loop clients from marching in lockstep waves."""
+
+    base: TimingModel
+    cv: float
+    rng: np.random.Generator
+
+    def _factor(self) -> float:
+        sigma2 = math.log1p(self.cv * self.cv)
+        return float(self.rng.lognormal(-0.5 * sigma2, math.sqrt(sigma2)))
+
+    def prefill_ms(self, num_new_tokens: int) -> float:
+        return self.base.prefill_ms(num_new_tokens) * self._factor()
+
+    def decode_ms(self, active_kv_tokens: int, capacity_tokens: int, mean_context_tokens: float) -> float:
+        return self.base.decode_ms(active_kv_tokens, capacity_tokens, mean_context_tokens) * self._factor()
+
+
+def make_timing(
+    config: TimingConfig,
+    profile: ProfileArrays | None = None,
+    noise_rng: np.random.Generator | None = None,
+) -> TimingModel:
     """The timing model a scenario asks for. A built-in profile (`timing.profile`) is computed
-    here from the roofline; a file's arrays (`timing.profile_path`) come from the caller."""
+    here from the roofline; a file's arrays (`timing.profile_path`) come from the caller. With
+    `timing.step_time_cv > 0` and a `noise_rng`, the model is wrapped in `NoisyTiming`; without
+    the rng (PoA-hat's cost model, reports) it stays exact."""
+    base = _exact_timing(config, profile)
+    if config.step_time_cv > 0 and noise_rng is not None:
+        return NoisyTiming(base, config.step_time_cv, noise_rng)
+    return base
+
+
+def _exact_timing(config: TimingConfig, profile: ProfileArrays | None) -> TimingModel:
     if config.kind == "polynomial":
         return PolynomialTiming(config.speedup_ratio, config.decode_speedup_ratio)
     if profile is None and config.profile is not None:
