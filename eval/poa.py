@@ -35,8 +35,9 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from envs.sim.config import ScenarioConfig
 from envs.sim.records import RequestRecord, RouteDecision, Stage
-from envs.sim.timing import TimingModel
+from envs.sim.timing import ProfileArrays, TimingModel, make_timing
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,3 +220,32 @@ def _widest_stage(records: Sequence[RequestRecord]) -> Stage:
     # Ties go to the later stage (decode): in disaggregated serving that is the routed one.
     order = {Stage.AGG: 0, Stage.PREFILL: 1, Stage.DECODE: 2}
     return max(widths, key=lambda s: (widths[s], order[s]))
+
+
+def poa_params_for(
+    scenario: ScenarioConfig,
+    profile: ProfileArrays | None,
+    stage: str | None = None,
+    window: int | None = None,
+) -> PoaParams:
+    """PoA-hat's settings for a scenario: the routed stage (given, or the widest pool, ties to
+    decode) and a latency model read off the scenario's timing for that stage's engine.
+
+    Raises:
+        ValueError: an unknown stage or a window below 1.
+    """
+    topology = scenario.topology
+    if stage is None:
+        if topology.mode == "agg":
+            stage = Stage.AGG
+        else:
+            wider_prefill = topology.num_prefill_workers > topology.num_decode_workers
+            stage = Stage.PREFILL if wider_prefill else Stage.DECODE
+    engine = scenario.engine_for(str(stage))
+    latency = LatencyModel.from_timing(
+        make_timing(scenario.timing, profile),
+        engine.block_size,
+        engine.capacity_tokens,
+        float(scenario.workload.isl_tokens),
+    )
+    return PoaParams(latency=latency, stage=Stage(stage), window=window)

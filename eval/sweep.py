@@ -25,11 +25,11 @@ from agents.policy_spec import PolicySpec
 from envs.scenarios import ScenarioError, load_scenario
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
-from envs.sim.records import RequestRecord, Stage
+from envs.sim.records import RequestRecord
 from envs.sim.run import simulate
-from envs.sim.timing import ProfileArrays, make_timing
+from envs.sim.timing import ProfileArrays
 from eval.errors import UserError
-from eval.poa import LatencyModel, PoaParams, estimate_poa
+from eval.poa import PoaParams, estimate_poa, poa_params_for
 from eval.runner import load_inputs
 from eval.sweep_results import SweepRow, nan_to_none
 
@@ -158,25 +158,9 @@ def _policy_scenario(source: str, overrides: list[str], policy: PolicySpec) -> S
 
 
 def _poa_params(scenario: ScenarioConfig, path: Path, stage: str | None, window: int | None) -> PoaParams:
-    """PoA-hat's settings: the routed stage (given, or the widest pool: PoA-hat's own rule, ties to
-    decode) and a latency model read off the scenario's timing for that stage's engine."""
-    topology = scenario.topology
-    if stage is None:
-        if topology.mode == "agg":
-            stage = Stage.AGG
-        else:
-            wider_prefill = topology.num_prefill_workers > topology.num_decode_workers
-            stage = Stage.PREFILL if wider_prefill else Stage.DECODE
-    engine = scenario.engine_for(str(stage))
     profile: ProfileArrays | None = load_inputs(scenario, path).profile
-    latency = LatencyModel.from_timing(
-        make_timing(scenario.timing, profile),
-        engine.block_size,
-        engine.capacity_tokens,
-        float(scenario.workload.isl_tokens),
-    )
     try:
-        return PoaParams(latency=latency, stage=Stage(stage), window=window)
+        return poa_params_for(scenario, profile, stage, window)
     except ValueError as error:
         raise UserError(f"--poa-stage/--poa-window: {error}") from None
 

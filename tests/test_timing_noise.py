@@ -42,8 +42,12 @@ def _scenario(cv: float, stream: int) -> ScenarioConfig:
         topology=TopologyConfig(mode="disagg", num_prefill_workers=1, num_decode_workers=2),
         timing=TimingConfig(step_time_cv=cv, noise_stream=stream),
         workload=WorkloadConfig(
-            arrival="closed_loop", concurrency=8, isl_tokens=256, osl_tokens=16,
-            shared_prefix_ratio=0.5, num_prefix_groups=3,
+            arrival="closed_loop",
+            concurrency=8,
+            isl_tokens=256,
+            osl_tokens=16,
+            shared_prefix_ratio=0.5,
+            num_prefix_groups=3,
         ),
     )
 

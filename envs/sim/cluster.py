@@ -104,6 +104,7 @@ class Cluster:
         self._sessions = sessions
         self._request_ids = itertools.count()
         self._num_dispatched = 0
+        self._num_first_tokens = 0
         self._knobs = Knobs.from_config(scenario.router)
         self._progress: ProgressHook | None = None
         self._pending_sources: dict[int, Sequence] = {}
@@ -196,6 +197,16 @@ class Cluster:
     def now_s(self) -> float:
         return self.env.now
 
+    @property
+    def num_in_flight(self) -> int:
+        """Requests sent and not yet finished (Dynamo's `inflight_requests`)."""
+        return self._num_dispatched - len(self.records)
+
+    @property
+    def num_awaiting_first_token(self) -> int:
+        """Requests still waiting for their first token (Dynamo's `queued_requests`)."""
+        return self._num_dispatched - self._num_first_tokens
+
     # -- workload -----------------------------------------------------------------------------
 
     def start_open_loop(self, starts: Iterator[float]) -> None:
@@ -277,6 +288,8 @@ class Cluster:
     def _on_first_token(self, seq: Sequence, now_s: float) -> None:
         flight: _Flight = seq.owner  # type: ignore[assignment]
         engine_kind = self.engines[flight.prefill_worker].kind if flight.decode_worker < 0 else "decode"
+        if engine_kind in ("decode", "agg") and flight.first_token_s < 0:
+            self._num_first_tokens += 1
         if engine_kind == "decode":
             flight.first_token_s = now_s
             return

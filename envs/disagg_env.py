@@ -1,0 +1,274 @@
+"""`PoAGym/DisaggRouting-v0`: an agent sets Dynamo's router knobs every control interval.
+
+## Description
+A simulated Dynamo deployment (`envs.sim`, calibrated timing) serves closed-loop clients whose
+number follows a load schedule that crosses the saturation knee. Every `interval_s` of simulated
+time the agent sees what Dynamo's frontend exposes on `/metrics` and chooses the router knobs
+that every request arriving in the next interval is routed with (Dynamo's per-request
+`router_config_override`).
+
+## Action space
+`Box(-1, 1, (k,), float32)`: knob i is `low_i + (a_i + 1) / 2 * (high_i - low_i)` (`envs.knobs`).
+Default knobs: `overlap_score_credit` [0, 2], `prefill_load_scale` [0, 2], `router_temperature`
+[0, 1] (Dynamo 1.6.1); for `router_semantics: dynamo-0.9` scenarios, `overlap_score_weight`
+[0, 2] and `router_temperature` [0, 1]. Configurable with `knobs`.
+
+## Observation space
+`Box(-inf, inf, (n,), float32)` built by `envs.observation` (schema v1) from two metrics
+snapshots: TTFT and ITL P50/P99 of the interval (log10 s), TTFT trend, throughput (log1p req/s),
+output tokens (log1p tok/s), in-flight and queued requests (log1p), the queued fraction, KV hit
+rate (fraction), decode KV utilisation (fraction) and imbalance, prefill tokens (log1p) and
+imbalance, a no-completions flag, the last action, and the last `history_len` intervals' TTFT P99
+and throughput. `info["feature_names"]` (at reset) names every entry.
+
+## Rewards
+`envs.reward`: -ln PoA-hat - log10(TTFT P99 / 0.1 s), minus a steep penalty when throughput
+falls more than 3% below the default router's at the same load. Terms in `info["reward_terms"]`.
+
+## Starting state
+`reset(seed)` picks a scenario and a schedule (uniformly, from `scenarios` and `schedules`),
+draws the simulation seed, and simulates `warmup_s` with the scenario's own knobs; the first
+observation describes the last `interval_s` of that warm-up.
+
+## Episode end
+Never terminates; truncates after `num_intervals` steps (default 60: five simulated minutes).
+
+## Arguments
+`gymnasium.make("PoAGym/DisaggRouting-v0", scenario="llama70b-b200-1p5d", ...)`, or one plain
+dict `config={...}` (as RLlib passes it) with the `EnvConfig` fields: `scenarios`, `schedules`
+(dicts of `envs.schedules.ScheduleConfig`), `interval_s`, `num_intervals`, `warmup_s`, `knobs`
+(list of `[name, low, high]`), `history_len`, `reward` (dict of `RewardConfig`), `overrides`
+(scenario `key=value` overrides).
+
+## Version history
+- v0: initial release.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from envs.knobs import (
+    KnobRange,
+    action_to_override,
+    check_knobs,
+    default_knobs,
+    override_to_action,
+    router_values,
+)
+from envs.observation import ObservationBuilder, ObservationConfig
+from envs.reward import ReferenceThroughput, RewardConfig, reward_terms
+from envs.scenarios import load_scenario
+from envs.schedules import ScheduleConfig, concurrency_levels
+from envs.sim.config import LoadStep, ScenarioConfig
+from envs.sim.run import build_cluster
+from envs.sim.timing import ProfileArrays
+from envs.sim_metrics import SimMetrics
+from eval.poa import PoaParams, estimate_poa, poa_params_for
+
+ENV_ID = "PoAGym/DisaggRouting-v0"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvConfig:
+    """Everything an episode depends on; validated on construction."""
+
+    scenarios: tuple[str, ...] = ("llama70b-b200-1p5d",)
+    schedules: tuple[ScheduleConfig, ...] = (ScheduleConfig(),)
+    interval_s: float = 5.0
+    num_intervals: int = 60
+    warmup_s: float = 10.0
+    knobs: tuple[KnobRange, ...] | None = None
+    history_len: int = 4
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    overrides: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.scenarios or not self.schedules:
+            raise ValueError("EnvConfig needs at least one scenario and one schedule")
+        if not self.interval_s > 0 or self.num_intervals < 1:
+            raise ValueError("EnvConfig needs interval_s > 0 and num_intervals >= 1")
+        if not self.warmup_s >= self.interval_s:
+            raise ValueError(f"warmup_s ({self.warmup_s}) must cover one interval ({self.interval_s})")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EnvConfig:
+        """Build from plain values (YAML, RLlib's env_config); unknown keys are errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known - {"scenario", "schedule"}
+        if unknown:
+            raise ValueError(f"EnvConfig: unknown field(s) {sorted(unknown)} (known: {sorted(known)})")
+        values = {k: v for k, v in data.items() if k in known}
+        if "scenario" in data:
+            values["scenarios"] = (data["scenario"],)
+        if "schedule" in data:
+            values["schedules"] = (data["schedule"],)
+        values["scenarios"] = tuple(values.get("scenarios", cls.scenarios))
+        values["schedules"] = tuple(_schedule(s) for s in values.get("schedules", (ScheduleConfig(),)))
+        if values.get("knobs") is not None:
+            values["knobs"] = tuple(k if isinstance(k, KnobRange) else KnobRange(*k) for k in values["knobs"])
+        if isinstance(values.get("reward"), Mapping):
+            values["reward"] = RewardConfig(**values["reward"])
+        values["overrides"] = tuple(values.get("overrides", ()))
+        return cls(**values)
+
+
+def _schedule(value: ScheduleConfig | Mapping[str, Any] | str) -> ScheduleConfig:
+    if isinstance(value, ScheduleConfig):
+        return value
+    if isinstance(value, str):
+        return ScheduleConfig(kind=value)  # type: ignore[arg-type]
+    return ScheduleConfig(**value)
+
+
+@dataclass(frozen=True, slots=True)
+class _LoadedScenario:
+    scenario: ScenarioConfig
+    profile: ProfileArrays | None
+    poa: PoaParams
+    reference: ReferenceThroughput
+
+
+class DisaggRoutingEnv(gym.Env):
+    __doc__ = __doc__
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(self, config: EnvConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        if config is None or isinstance(config, Mapping):
+            config = EnvConfig.from_dict({**(config or {}), **kwargs})
+        elif kwargs:
+            config = EnvConfig.from_dict({**_as_dict(config), **kwargs})
+        self.config = config
+        self._loaded = [self._load(name) for name in config.scenarios]
+        first_router = self._loaded[0].scenario.router
+        self.knobs = config.knobs or default_knobs(first_router)
+        for loaded in self._loaded:
+            check_knobs(self.knobs, loaded.scenario.router)
+        self.obs_config = ObservationConfig(tuple(k.name for k in self.knobs), config.history_len)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self.knobs),), np.float32)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.obs_config.size,), np.float32)
+        self._builder = ObservationBuilder(self.obs_config)
+        self._cluster = None
+
+    def _load(self, name: str) -> _LoadedScenario:
+        from eval.runner import load_inputs  # file I/O stays at the edge: the env, not envs.sim
+
+        scenario, path = load_scenario(name, list(self.config.overrides))
+        if scenario.workload.arrival == "trace":
+            raise ValueError(
+                f"{name}: the environment drives closed-loop clients; trace arrivals are not supported yet"
+            )
+        profile = load_inputs(scenario, path).profile
+        return _LoadedScenario(
+            scenario, profile, poa_params_for(scenario, profile), ReferenceThroughput(scenario, profile)
+        )
+
+    # -- gymnasium API ----------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        self._active = self._loaded[int(rng.integers(len(self._loaded)))]
+        schedule = self.config.schedules[int(rng.integers(len(self.config.schedules)))]
+        self._levels = concurrency_levels(schedule, self.config.num_intervals, rng)
+        scenario = self._episode_scenario(int(rng.integers(2**31 - 1)))
+        self._cluster = build_cluster(scenario, profile=self._active.profile)
+        self._metrics = SimMetrics(self._cluster)
+        self._step = 0
+        self._records_seen = 0
+        warmup_s = self.config.warmup_s
+        if warmup_s > self.config.interval_s:
+            self._cluster.env.run(until=warmup_s - self.config.interval_s)
+        self._builder.reset(self._metrics.snapshot())
+        self._cluster.env.run(until=warmup_s)
+        self._records_seen = len(self._cluster.records)
+        default_action = override_to_action(router_values(scenario.router), self.knobs)
+        observation = self._builder.build(self._metrics.snapshot(), default_action)
+        info = {
+            "feature_names": self.obs_config.feature_names,
+            "scenario": scenario.name,
+            "schedule": schedule.kind,
+        }
+        return observation, info
+
+    def step(self, action: np.ndarray):
+        if self._cluster is None:
+            raise RuntimeError("call reset() before step()")
+        action = np.clip(np.asarray(action, dtype=np.float32).reshape(-1), -1.0, 1.0)
+        override = action_to_override(action, self.knobs)
+        self._cluster.set_router_override(override)
+        start_s = self._cluster.now_s
+        end_s = start_s + self.config.interval_s
+        self._cluster.env.run(until=end_s)
+        finished = self._cluster.records[self._records_seen :]
+        context = self._cluster.records[max(0, self._records_seen - len(finished)) :]
+        self._records_seen = len(self._cluster.records)
+        observation = self._builder.build(self._metrics.snapshot(), action)
+        poa = estimate_poa(
+            context,
+            self._active.poa,
+            start_s=min((d.time_s for r in finished for d in r.decisions), default=start_s),
+        )
+        throughput_rps = len(finished) / self.config.interval_s
+        concurrency = self._levels[self._step]
+        # After a load change the finished count lags the new client count for any router, so the
+        # reference takes the lower of the two levels: no policy is charged for the transient.
+        previous = self._levels[self._step - 1] if self._step else concurrency
+        reference_rps = 0.0
+        if self.config.reward.throughput_weight:
+            reference_rps = self._active.reference.at(min(concurrency, previous))
+        terms = reward_terms(self.config.reward, poa.poa_hat, list(finished), throughput_rps, reference_rps)
+        self._step += 1
+        info = {
+            "reward_terms": terms,
+            "knobs": override,
+            "concurrency": concurrency,
+            "poa_hat": poa.poa_hat,
+            "throughput_rps": throughput_rps,
+            "reference_rps": reference_rps,
+            "num_finished": len(finished),
+            "time_s": end_s,
+        }
+        truncated = self._step >= self.config.num_intervals
+        return observation, float(sum(terms.values())), False, truncated, info
+
+    # -- episode construction ---------------------------------------------------------------------
+
+    def _episode_scenario(self, sim_seed: int) -> ScenarioConfig:
+        """The active scenario under the episode's schedule: warm-up at the first level, then one
+        level per control interval; no new requests after the last interval."""
+        config = self.config
+        base = self._active.scenario
+        steps = [LoadStep(at_s=0.0, value=self._levels[0])]
+        steps += [
+            LoadStep(at_s=config.warmup_s + i * config.interval_s, value=level)
+            for i, level in enumerate(self._levels)
+        ]
+        workload = dataclasses.replace(
+            base.workload,
+            arrival="closed_loop",
+            concurrency=self._levels[0],
+            num_requests=None,
+            load_schedule=tuple(steps),
+        )
+        duration_s = config.warmup_s + config.num_intervals * config.interval_s
+        return dataclasses.replace(base, seed=sim_seed, workload=workload, duration_s=duration_s)
+
+
+def _as_dict(config: EnvConfig) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def make_env(config: Mapping[str, Any] | None = None) -> DisaggRoutingEnv:
+    """RLlib-style constructor: one plain config dict."""
+    return DisaggRoutingEnv(dict(config or {}))
+
+
+def knob_names(knobs: Sequence[KnobRange]) -> tuple[str, ...]:
+    return tuple(k.name for k in knobs)
