@@ -30,6 +30,9 @@ BASELINES: dict[str, tuple[str, ...]] = {
     "power_of_two": ("router.mode=power_of_two",),
     "least_loaded": ("router.mode=least_loaded",),
     "kv": ("router.mode=kv",),
+    # Classic routers beside Dynamo's (envs/sim/router_classic.py): SGLang's and llm-d's defaults.
+    "cache_aware": ("router.mode=cache_aware",),
+    "llm_d": ("router.mode=llm_d",),
 }
 # Every RouterConfig field but the mode is a knob a static policy may fix.
 KNOBS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RouterConfig) if f.name != "mode")

@@ -15,7 +15,7 @@ from pydantic.dataclasses import dataclass
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-RouterMode = Literal["kv", "round_robin", "random", "power_of_two", "least_loaded"]
+RouterMode = Literal["kv", "round_robin", "random", "power_of_two", "least_loaded", "cache_aware", "llm_d"]
 
 
 @dataclass(config=_STRICT)
@@ -183,6 +183,19 @@ class RouterConfig:
     assume_kv_reuse: bool = True
     track_prefill_tokens: bool = True
     track_active_blocks: bool = True
+    # mode cache_aware (SGLang's router; `envs/sim/router_classic.py` cites the sources). The
+    # defaults are its launcher's (`--cache-threshold 0.3 --balance-abs-threshold 64
+    # --balance-rel-threshold 1.5`), with its validation: threshold in [0, 1], relative >= 1.
+    sglang_cache_threshold: float = Field(0.3, ge=0, le=1, allow_inf_nan=False)  # match rate
+    sglang_balance_abs_threshold: int = Field(64, ge=0)  # in-flight requests
+    sglang_balance_rel_threshold: float = Field(1.5, ge=1, allow_inf_nan=False)
+    # Where a cache miss goes: the least-loaded worker (SGLang since sglang#14650, Dec 2025) or
+    # the worker with the smallest approximate tree (the rule before it).
+    sglang_miss_fallback: Literal["min_load", "smallest_tree"] = "min_load"
+    # mode llm_d: the scorer weights of llm-d's default profile (prefix 3, KV utilisation 2, queue 2).
+    llm_d_prefix_weight: float = Field(3.0, ge=0, allow_inf_nan=False)
+    llm_d_kv_utilization_weight: float = Field(2.0, ge=0, allow_inf_nan=False)
+    llm_d_queue_weight: float = Field(2.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _only_v09_knobs(self) -> RouterConfig:

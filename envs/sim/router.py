@@ -1,4 +1,5 @@
-"""Dynamo 1.6.1's routers: the KV-aware cost router and the load-based baselines.
+"""Dynamo 1.6.1's routers: the KV-aware cost router and the load-based baselines (the classic
+`cache_aware` and `llm_d` modes live in `envs.sim.router_classic`).
 
 The KV router's cost for worker w (lower is better; `lib/kv-router` `DefaultWorkerScorer`):
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from envs.sim.config import RouterConfig
 from envs.sim.records import RouteDecision, Stage
+from envs.sim.router_classic import CLASSIC_MODES, ClassicRouting, EngineMetricsOracle
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,7 @@ class Router:
         # Set for Dynamo v0.9 semantics: ties go to the worker with the smallest radix tree.
         self.tree_size: Callable[[int], int] | None = None
         self._rng = rng
+        self._classic = ClassicRouting(config, workers, block_size, rng)
         self._next_rr = 0
         self._booked: dict[int, tuple[int, int, tuple[int, ...], int]] = {}
 
@@ -245,6 +248,11 @@ class Router:
             costs = kv_costs(loads, seen, new_blocks, isl_tokens, self.block_size, knobs, self.config, tiers)
             sizes = [self.tree_size(w) for w in self.workers] if self.tree_size is not None else None
             index = select_index(costs, knobs.router_temperature, self._rng, sizes)
+        elif mode in CLASSIC_MODES:
+            # SGLang's and llm-d's routers see the true overlap (envs.sim.router_classic).
+            seen = overlaps
+            in_flight = [load.active_requests for load in loads]
+            index, costs = self._classic.select(in_flight, overlaps, isl_tokens, block_hashes[:num_full])
         else:
             seen = [0] * len(self.workers)
             costs = [float(load.active_requests) for load in loads]
@@ -262,6 +270,10 @@ class Router:
             knobs.prefill_load_scale,
             knobs.router_temperature,
         )
+
+    def set_engine_metrics(self, oracle: EngineMetricsOracle) -> None:
+        """Give the `llm_d` mode the engines' waiting queues and KV usage (see `ClassicRouting`)."""
+        self._classic.set_engine_metrics(oracle)
 
     def set_tier_overlap(self, oracle: TierOverlapOracle) -> None:
         """Credit lower-tier (G2/G3) hits too: the workers have KV tiers configured."""
