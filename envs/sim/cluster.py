@@ -24,6 +24,7 @@ from envs.sim.config import ScenarioConfig
 from envs.sim.engine import Engine
 from envs.sim.records import RequestRecord, RouteDecision, Stage
 from envs.sim.router import Knobs, Router, apply_override
+from envs.sim.router_classic import EngineMetrics
 from envs.sim.sequence import Sequence
 from envs.sim.timing import TimingModel
 from envs.sim.workload import Session, Turn, prompt_block_hashes, sequence_block_hashes
@@ -149,6 +150,7 @@ class Cluster:
             self.decode_router = None
             if config.router_semantics == "dynamo-0.9":
                 self.router.tree_size = self._tree_size
+            self.router.set_engine_metrics(self._engine_metrics)
             return
         prefill_config = dataclasses.replace(config, track_active_blocks=False)
         self.router = Router(
@@ -160,6 +162,13 @@ class Cluster:
         if config.router_semantics == "dynamo-0.9":
             for router in (self.router, self.decode_router):
                 router.tree_size = self._tree_size
+        for router in (self.router, self.decode_router):
+            router.set_engine_metrics(self._engine_metrics)
+
+    def _engine_metrics(self, worker: int) -> EngineMetrics:
+        # What llm-d scrapes from vLLM: waiting requests and the fraction of KV blocks in use.
+        engine = self.engines[worker]
+        return EngineMetrics(len(engine.waiting), engine.pool.num_active / engine.pool.num_blocks)
 
     def _tree_size(self, worker: int) -> int:
         return self.engines[worker].pool.num_cached
