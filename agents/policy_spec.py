@@ -3,6 +3,7 @@
 Grammar (comma-separated tokens; values are parsed as YAML and validated by the scenario):
 
     round_robin | random | power_of_two | least_loaded   Dynamo's load-based baseline routers
+    cache_aware | llm_d                                 SGLang's and llm-d's routers (router_classic.py)
     kv                                                  the KV router with the scenario's knobs
     static:KNOB=VALUE[,KNOB=VALUE...]                   the KV router with these knobs fixed
     grid:KNOB=V1/V2/...[,KNOB=V1/V2/...]                one static policy per point of the cross

@@ -36,6 +36,7 @@ EPILOG = f"""\
 policies (--policies, comma-separated; repeat the flag to add more):
   round_robin, random, power_of_two, least_loaded
                          Dynamo's load-based baseline routers
+  cache_aware, llm_d     SGLang's cache-aware router and llm-d's default scorer
   kv                     the KV router with the scenario's own knobs
   static:KNOB=V[,KNOB=V...]
                          the KV router with these knobs fixed, e.g.
