@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 import pytest
+from test_router import cached_pools
 
 from agents.policy_spec import parse_policies
 from envs.sim.config import (
@@ -191,18 +192,6 @@ def make_router(pools: list[BlockPool], config: RouterConfig, seed: int = 0) -> 
         lambda w, hashes, n: pools[w].match_prefix(hashes, n),
         rng(seed),
     )
-
-
-def cached_pools(hashes: tuple[int, ...], cached: list[int]) -> list[BlockPool]:
-    """One pool per worker holding the first `cached[w]` blocks of `hashes`."""
-    pools = []
-    for count in cached:
-        pool = BlockPool(256)
-        assert pool.allocate(count)
-        for block_hash in hashes[:count]:
-            assert pool.register(block_hash)
-        pools.append(pool)
-    return pools
 
 
 def test_route_records_the_true_overlaps_and_the_ranking():
