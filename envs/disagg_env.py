@@ -47,7 +47,7 @@ dict `config={...}` (as RLlib passes it) with the `EnvConfig` fields: `scenarios
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -245,10 +245,11 @@ class DisaggRoutingEnv(gym.Env):
         level per control interval; no new requests after the last interval."""
         config = self.config
         base = self._active.scenario
-        steps = [LoadStep(at_s=0.0, value=self._levels[0])]
-        steps += [
+        # The warm-up and the first interval run at `concurrency`; each later level is a step.
+        steps = [
             LoadStep(at_s=config.warmup_s + i * config.interval_s, value=level)
             for i, level in enumerate(self._levels)
+            if i
         ]
         workload = dataclasses.replace(
             base.workload,
@@ -268,7 +269,3 @@ def _as_dict(config: EnvConfig) -> dict[str, Any]:
 def make_env(config: Mapping[str, Any] | None = None) -> DisaggRoutingEnv:
     """RLlib-style constructor: one plain config dict."""
     return DisaggRoutingEnv(dict(config or {}))
-
-
-def knob_names(knobs: Sequence[KnobRange]) -> tuple[str, ...]:
-    return tuple(k.name for k in knobs)

@@ -81,11 +81,8 @@ class ObservationBuilder:
     def reset(self, snapshot: MetricsSnapshot) -> None:
         """Start an episode at this snapshot (the first interval is measured from it)."""
         self._previous = snapshot
-        self._last = {"ttft_p50_log10_s": math.log10(_MIN_LATENCY_S)} | {
-            name: math.log10(_MIN_LATENCY_S)
-            for name in ("ttft_p99_log10_s", "itl_p50_log10_s", "itl_p99_log10_s")
-        }
-        self._last["kv_hit_rate"] = 0.0
+        latencies = ("ttft_p50_log10_s", "ttft_p99_log10_s", "itl_p50_log10_s", "itl_p99_log10_s")
+        self._last = dict.fromkeys(latencies, math.log10(_MIN_LATENCY_S)) | {"kv_hit_rate": 0.0}
         self._history = deque(
             [dict.fromkeys(HISTORY_FEATURES, 0.0) for _ in range(self.config.history_len)],
             maxlen=self.config.history_len,
@@ -128,7 +125,7 @@ def interval_features(
     values["queued_fraction"] = after.queued_requests / max(after.inflight_requests, 1.0)
     input_tokens = after.input_tokens_total - before.input_tokens_total
     cached = after.cached_tokens_total - before.cached_tokens_total
-    values["kv_hit_rate"] = cached / input_tokens if input_tokens > 0 else last.get("kv_hit_rate", 0.0)
+    values["kv_hit_rate"] = cached / input_tokens if input_tokens > 0 else last["kv_hit_rate"]
     values |= _worker_features(after)
     values["no_completions"] = 0.0 if finished > 0 else 1.0
     return values

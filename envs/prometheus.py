@@ -66,18 +66,12 @@ def _counter_name(name: str) -> str:
 
 
 def _sum(family: Metric | None, suffix: str = "") -> float:
+    """The family's samples named `family.name + suffix`, summed over every label set (a counter
+    family's samples carry `_total`, which prometheus_client strips from the family name)."""
     if family is None:
         return 0.0
-    wanted = family.name + suffix if suffix else None
-    return float(
-        sum(
-            s.value
-            for s in family.samples
-            if (
-                s.name == wanted if wanted else not s.name.endswith(("_created", "_bucket", "_count", "_sum"))
-            )
-        )
-    )
+    wanted = {family.name + suffix} if suffix else {family.name, family.name + "_total"}
+    return float(sum(s.value for s in family.samples if s.name in wanted))
 
 
 def _histogram(family: Metric | None, default_bounds: tuple[float, ...]) -> Histogram:

@@ -21,7 +21,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from envs.sim.config import LoadStep, ScenarioConfig
+from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import percentile
 from envs.sim.records import RequestRecord
 from envs.sim.run import simulate
@@ -115,7 +115,7 @@ class ReferenceThroughput:
             arrival="closed_loop",
             concurrency=concurrency,
             num_requests=None,
-            load_schedule=(LoadStep(at_s=0.0, value=concurrency),),
+            load_schedule=(),
         )
         duration_s = self._warmup_s + self._measure_s
         scenario = dataclasses.replace(self._scenario, workload=workload, duration_s=duration_s)

@@ -124,19 +124,20 @@ def _cell(axis: np.ndarray, value: float) -> tuple[int, float]:
     return i, (value - axis[i]) / (axis[i + 1] - axis[i])
 
 
-@dataclass(frozen=True, slots=True)
 class NoisyTiming:
     """A timing model whose every answer is scaled by a lognormal factor with mean 1 and
     coefficient of variation `cv`: the pass-to-pass jitter of real GPUs (kernel launch, host
     scheduling), which also keeps closed-loop clients from marching in lockstep waves."""
 
-    base: TimingModel
-    cv: float
-    rng: np.random.Generator
+    __slots__ = ("_mu", "_sigma", "base", "cv", "rng")
+
+    def __init__(self, base: TimingModel, cv: float, rng: np.random.Generator) -> None:
+        self.base, self.cv, self.rng = base, cv, rng
+        sigma2 = math.log1p(cv * cv)  # computed once: the factor is drawn on every engine pass
+        self._mu, self._sigma = -0.5 * sigma2, math.sqrt(sigma2)
 
     def _factor(self) -> float:
-        sigma2 = math.log1p(self.cv * self.cv)
-        return float(self.rng.lognormal(-0.5 * sigma2, math.sqrt(sigma2)))
+        return float(self.rng.lognormal(self._mu, self._sigma))
 
     def prefill_ms(self, num_new_tokens: int) -> float:
         return self.base.prefill_ms(num_new_tokens) * self._factor()
