@@ -67,6 +67,7 @@ from envs.reward import ReferenceThroughput, RewardConfig, reward_terms
 from envs.scenarios import load_scenario
 from envs.schedules import ScheduleConfig, concurrency_levels
 from envs.sim.config import LoadStep, ScenarioConfig
+from envs.sim.metrics import summarize
 from envs.sim.run import build_cluster
 from envs.sim.timing import ProfileArrays
 from envs.sim_metrics import SimMetrics
@@ -156,6 +157,16 @@ class DisaggRoutingEnv(gym.Env):
         self._builder = ObservationBuilder(self.obs_config)
         self._cluster = None
 
+    @property
+    def default_values(self) -> dict[str, float]:
+        """The first scenario's own knob values: what `reset` warms up with."""
+        return router_values(self._loaded[0].scenario.router)
+
+    @property
+    def records(self) -> tuple:
+        """Every request record of the episode so far (evaluation summarises them)."""
+        return tuple(self._cluster.records) if self._cluster is not None else ()
+
     def _load(self, name: str) -> _LoadedScenario:
         from eval.runner import load_inputs  # file I/O stays at the edge: the env, not envs.sim
 
@@ -224,6 +235,7 @@ class DisaggRoutingEnv(gym.Env):
         if self.config.reward.throughput_weight:
             reference_rps = self._active.reference.at(min(concurrency, previous))
         terms = reward_terms(self.config.reward, poa.poa_hat, list(finished), throughput_rps, reference_rps)
+        latency = summarize(finished)
         self._step += 1
         info = {
             "reward_terms": terms,
@@ -232,6 +244,8 @@ class DisaggRoutingEnv(gym.Env):
             "poa_hat": poa.poa_hat,
             "throughput_rps": throughput_rps,
             "reference_rps": reference_rps,
+            "ttft_p99_s": latency.ttft_p99_s,
+            "itl_p99_s": latency.itl_p99_s,
             "num_finished": len(finished),
             "time_s": end_s,
         }

@@ -23,7 +23,7 @@ from rich.table import Table
 from envs.scenarios import ScenarioError, load_scenario, preset_names
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
-from eval import profile_cli, regimes_cli, sweep_cli
+from eval import eval_cli, profile_cli, regimes_cli, sweep_cli
 from eval.errors import UserError
 from eval.runner import run_scenario
 
@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_cmd_bench)
 
     sweep_cli.add_parser(commands)
+    eval_cli.add_parser(commands)
     profile_cli.add_parser(commands)
     regimes_cli.add_parser(commands)
     return parser

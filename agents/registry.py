@@ -1,0 +1,111 @@
+"""Policies by name, as `poa-gym eval --policies` and `poa-gym sweep --policies` take them.
+
+A named policy is two things: scenario overrides (the router mode, or a startup-only knob such
+as Dynamo's `overlap_score_credit_decay`) and a knob policy that acts every interval. Classic
+routers ignore the knobs, so their knob policy is the static default.
+
+    default          Dynamo's KV router with the scenario's knobs (its defaults unless the
+                     scenario sets them)
+    credit-decay     the same, with Dynamo 1.6.1's built-in load-adaptive overlap credit decay
+                     (`overlap_score_credit_decay`, startup-only; not in v0.9)
+    best-static      the best fixed knob setting of a grid search on training seeds
+    knee             the paper's knee-detection controller (agents/knee.py)
+    round-robin, random, p2c, least-loaded          Dynamo's load-based routers
+    cache-aware, llm-d                              SGLang's and llm-d's routers
+    static:KNOB=V[,KNOB=V...]                       fixed knob values
+    ppo:PATH                                        a trained policy (arrives with training)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agents.base import Policy, PolicyContext, StaticPolicy
+from agents.knee import KneeController
+from agents.policy_spec import PolicySpecError
+
+# Dynamo's switch is a gain on the prefill-load imbalance; 1.0 is the value at which one
+# request's worth of extra prefill load on a worker halves its overlap credit.
+CREDIT_DECAY = 1.0
+
+ROUTER_MODES: dict[str, str] = {
+    "round-robin": "round_robin",
+    "random": "random",
+    "p2c": "power_of_two",
+    "least-loaded": "least_loaded",
+    "cache-aware": "cache_aware",
+    "llm-d": "llm_d",
+}
+NAMED: tuple[str, ...] = ("default", "credit-decay", "best-static", "knee", *ROUTER_MODES)
+
+
+@dataclass(frozen=True, slots=True)
+class NamedPolicy:
+    """A policy of an evaluation: its name, its scenario overrides, and how to build its knob
+    policy once the environment (and so the knob space) is known. `search` marks best-static,
+    whose values come from a grid search before it can be built."""
+
+    name: str
+    overrides: tuple[str, ...]
+    build: Callable[[PolicyContext], Policy]
+    search: bool = False
+
+
+def resolve(name: str) -> NamedPolicy:
+    """The named policy, or a clear error listing the valid names.
+
+    Raises:
+        PolicySpecError: an unknown name, or a malformed `static:` policy.
+    """
+    name = name.strip()
+    if name == "default":
+        return NamedPolicy(name, ("router.mode=kv",), _default)
+    if name == "credit-decay":
+        overrides = ("router.mode=kv", f"router.overlap_score_credit_decay={CREDIT_DECAY}")
+        return NamedPolicy(name, overrides, _default)
+    if name == "best-static":
+        return NamedPolicy(name, ("router.mode=kv",), _default, search=True)
+    if name == "knee":
+        return NamedPolicy(name, ("router.mode=kv",), lambda context: KneeController(context))
+    if name in ROUTER_MODES:
+        return NamedPolicy(name, (f"router.mode={ROUTER_MODES[name]}",), _default)
+    if name.startswith("static:"):
+        values = _static_values(name)
+        return NamedPolicy(name, ("router.mode=kv",), lambda context: StaticPolicy(name, context, values))
+    if name.startswith("ppo:"):
+        raise PolicySpecError(f"'{name}': learned policies arrive with training (not yet available)")
+    raise PolicySpecError(f"unknown policy '{name}' (valid: {', '.join(NAMED)}, static:KNOB=V,...)")
+
+
+def split_names(text: str) -> list[str]:
+    """Comma-separated names; a `knob=value` token continues the `static:` policy before it."""
+    names: list[str] = []
+    for raw in text.split(","):
+        token = raw.strip()
+        if not token:
+            raise PolicySpecError(f"empty policy in {text!r}")
+        if "=" in token and ":" not in token and names and names[-1].startswith("static:"):
+            names[-1] += "," + token
+        else:
+            names.append(token)
+    if len(set(names)) != len(names):
+        raise PolicySpecError(f"a policy is given twice in {text!r}")
+    return names
+
+
+def _default(context: PolicyContext) -> Policy:
+    return StaticPolicy("default", context, {})  # every knob at the scenario's value
+
+
+def _static_values(name: str) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for token in name.removeprefix("static:").split(","):
+        knob, sep, text = (part.strip() for part in token.partition("="))
+        if not sep or not knob:
+            raise PolicySpecError(f"'{name}': expected KNOB=VALUE, got {token!r}")
+        try:
+            values[knob] = float(text)
+        except ValueError:
+            raise PolicySpecError(f"'{name}': knob {knob} needs a number, got {text!r}") from None
+    return values
