@@ -42,10 +42,11 @@ class Evaluation:
     seeds: tuple[int, ...]
     episodes: tuple[tuple[str, int, EpisodeResult], ...]  # (policy, seed, result) in plan order
     search: tuple[SearchPoint, ...]  # empty unless best-static was asked for
+    defaults: Mapping[str, float]  # the scenario's own knob values
 
     @property
     def best_static(self) -> Mapping[str, float] | None:
-        return max(self.search, key=lambda p: p.mean_reward).values if self.search else None
+        return best_point(self.search, self.defaults) if self.search else None
 
     def summary(self) -> list[PhaseSummary]:
         """Per policy and phase, the mean over seeds (seed = -1 marks an aggregate)."""
@@ -78,6 +79,16 @@ def _mean_phase(policy: str, items: Sequence[PhaseSummary]) -> PhaseSummary:
     )
 
 
+def best_point(search: Sequence[SearchPoint], defaults: Mapping[str, float]) -> Mapping[str, float]:
+    """The highest mean reward; among equals, the setting nearest the scenario's own, so that a
+    knob with no effect is left where an operator found it rather than at the grid's corner."""
+
+    def distance(point: SearchPoint) -> float:
+        return sum(abs(value - defaults[name]) for name, value in point.values.items())
+
+    return max(search, key=lambda p: (p.mean_reward, -distance(p))).values
+
+
 def eval_seeds(num_seeds: int) -> tuple[int, ...]:
     return tuple(EVAL_SEED_BASE + i for i in range(num_seeds))
 
@@ -93,13 +104,14 @@ def evaluate(
 ) -> Evaluation:
     """Run the evaluation; `search_values` (knob -> values) is the best-static grid."""
     seeds = eval_seeds(num_seeds)
+    defaults = setup.env().default_values
     search: tuple[SearchPoint, ...] = ()
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         if "best-static" in policies:
             if not search_values:
                 raise ValueError("best-static needs a search grid")
             search = _search(pool, setup, search_values, num_search_seeds, progress)
-        best = max(search, key=lambda p: p.mean_reward).values if search else None
+        best = best_point(search, defaults) if search else None
         plan = [(name, seed) for name in policies for seed in seeds]
         futures = [
             pool.submit(run_episode, setup, name, seed, best if name == "best-static" else None)
@@ -110,7 +122,7 @@ def evaluate(
             episodes.append((name, seed, future.result()))
             if progress:
                 progress(f"{name} seed {seed}")
-    return Evaluation(setup, tuple(policies), seeds, tuple(episodes), search)
+    return Evaluation(setup, tuple(policies), seeds, tuple(episodes), search, defaults)
 
 
 def _search(
