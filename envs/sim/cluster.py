@@ -109,6 +109,8 @@ class Cluster:
         self._knobs = Knobs.from_config(scenario.router)
         self._progress: ProgressHook | None = None
         self._pending_sources: dict[int, Sequence] = {}
+        self._decode_knobs_for: Knobs | None = None  # see `_decode_knobs`
+        self._decode_knobs_value = self._knobs
         self._build_workers(timing)
         self._build_routers(routing_rng)
         if any(engine.tiers is not None for engine in self.engines):
@@ -329,8 +331,7 @@ class Cluster:
     def _hand_off(self, flight: _Flight, prefill_seq: Sequence, now_s: float) -> None:
         """Prefill finished: pick a decode worker and move the prompt's KV blocks there."""
         assert self.decode_router is not None
-        forced = _DECODE_OVERRIDES[self.scenario.router.router_semantics]
-        knobs = apply_override(flight.knobs, forced)  # the knobs in force at arrival
+        knobs = self._decode_knobs(flight.knobs)  # from the knobs in force at arrival
         decision = self.decode_router.route(
             flight.request_id, flight.input_tokens, flight.prompt_hashes, knobs, now_s
         )
@@ -348,6 +349,16 @@ class Cluster:
         decode_seq.owner = prefill_seq.owner = flight
         self._pending_sources[flight.request_id] = prefill_seq
         self.engines[decision.chosen].reserve(decode_seq, delay_s, self._on_transfer)
+
+    def _decode_knobs(self, arrival_knobs: Knobs) -> Knobs:
+        """The arrival knobs with the decode stage's forced override, remembered for the last
+        arrival knobs seen: they change once per control interval, requests hand off thousands
+        of times."""
+        if arrival_knobs is not self._decode_knobs_for:
+            forced = _DECODE_OVERRIDES[self.scenario.router.router_semantics]
+            self._decode_knobs_value = apply_override(arrival_knobs, forced)
+            self._decode_knobs_for = arrival_knobs
+        return self._decode_knobs_value
 
     def _on_transfer(self, decode_seq: Sequence, finished: bool) -> None:
         """The decode worker reserved the request (the transfer starts) or the transfer ended."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -147,8 +148,11 @@ def kv_costs(
     """
     request_blocks = max(1, -(-isl_tokens // block_size))  # ceil: only normalises the decay
     track_prefill = knobs.track_prefill_tokens
-    min_prefill = min(load.active_prefill_tokens for load in loads)
     decay_k = config.overlap_score_credit_decay if track_prefill else 0.0
+    min_prefill = min(load.active_prefill_tokens for load in loads) if decay_k > 0 else 0
+    # Hoisted out of the loop: this runs twice per request in a disaggregated deployment.
+    credit_scale, load_scale = knobs.overlap_score_credit, knobs.prefill_load_scale
+    track_blocks, request_weight = config.track_active_blocks, config.decode_active_request_weight
     costs = []
     for i, (load, overlap, added) in enumerate(zip(loads, overlaps, new_blocks, strict=True)):
         raw_prefill_blocks = (load.active_prefill_tokens + isl_tokens) / block_size if track_prefill else 0.0
@@ -156,14 +160,16 @@ def kv_costs(
         if decay_k > 0:
             excess_blocks = (load.active_prefill_tokens - min_prefill) / block_size
             decay = 1.0 / (1.0 + decay_k * excess_blocks / request_blocks)
-        credit = knobs.overlap_score_credit * decay * overlap
+        credit = credit_scale * decay * overlap
         if tier_overlaps is not None:
             host_blocks, disk_blocks = tier_overlaps[i]
             credit += config.host_cache_hit_weight * host_blocks + config.disk_cache_hit_weight * disk_blocks
-        adjusted = max(0.0, raw_prefill_blocks - credit)
-        decode_blocks = load.active_decode_blocks + added if config.track_active_blocks else 0
-        cost = knobs.prefill_load_scale * adjusted + decode_blocks
-        cost += config.decode_active_request_weight * load.active_requests
+        adjusted = raw_prefill_blocks - credit
+        if not adjusted > 0.0:  # max(0, .), as max(0.0, x) would give
+            adjusted = 0.0
+        decode_blocks = len(load.block_refs) + load.anonymous_blocks + added if track_blocks else 0
+        cost = load_scale * adjusted + decode_blocks
+        cost += request_weight * load.active_requests
         costs.append(cost)
     return costs
 
@@ -172,7 +178,7 @@ def select_index(
     costs: list[float],
     temperature: float,
     rng: np.random.Generator,
-    tree_sizes: list[int] | None = None,
+    tree_sizes: SequenceOf[int] | None = None,
 ) -> int:
     """Dynamo's selection: argmin at T = 0, softmax over min-max-normalised costs at T > 0
     (uniform when all costs are equal).
@@ -183,8 +189,10 @@ def select_index(
     """
     low = min(costs)
     if temperature <= 0:
+        if costs.count(low) == 1:  # the common case, without building the tie list
+            return costs.index(low)
         ties = [i for i, cost in enumerate(costs) if cost == low]
-        if len(ties) > 1 and tree_sizes is not None:
+        if tree_sizes is not None:
             smallest = min(tree_sizes[i] for i in ties)
             ties = [i for i in ties if tree_sizes[i] == smallest]
         return ties[0] if len(ties) == 1 else ties[int(rng.integers(len(ties)))]
@@ -199,6 +207,22 @@ def select_index(
         if draw < 0:
             return i
     return len(costs) - 1
+
+
+class _TreeSizes:
+    """The workers' radix-tree sizes, read only for the entries a tie-break looks at (most
+    decisions have no tie, and each size asks the worker's block pool)."""
+
+    __slots__ = ("_tree_size", "_workers")
+
+    def __init__(self, tree_size: Callable[[int], int], workers: list[int]) -> None:
+        self._tree_size, self._workers = tree_size, workers
+
+    def __getitem__(self, index: int) -> int:
+        return self._tree_size(self._workers[index])
+
+    def __len__(self) -> int:
+        return len(self._workers)
 
 
 class Router:
@@ -246,7 +270,7 @@ class Router:
             new_blocks = self._new_blocks(loads, block_hashes, num_full, knobs)
             tiers = self._tier_overlaps(seen, block_hashes, num_full, knobs)
             costs = kv_costs(loads, seen, new_blocks, isl_tokens, self.block_size, knobs, self.config, tiers)
-            sizes = [self.tree_size(w) for w in self.workers] if self.tree_size is not None else None
+            sizes = _TreeSizes(self.tree_size, self.workers) if self.tree_size is not None else None
             index = select_index(costs, knobs.router_temperature, self._rng, sizes)
         elif mode in CLASSIC_MODES:
             # SGLang's and llm-d's routers see the true overlap (envs.sim.router_classic).
