@@ -7,8 +7,9 @@ Durations are in milliseconds of simulated time, before the speedup ratio is app
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -84,13 +85,34 @@ class ProfileTiming:
     * decode: bilinear interpolation over (active KV tokens = the sum of the batch's context
       lengths, context length = their integer mean), *extrapolated* from the edge cells past the
       grid (`Bilinear::new().extrapolate(true)`), floored at 1 ms before the speedup.
+
+    Both are asked once per engine pass, so the arrays are also kept as Python lists (numpy's
+    per-call overhead on scalars exceeds the arithmetic; float64 arithmetic is the same either
+    way), and prefill times are remembered per token count, which repeat pass after pass.
     """
 
     arrays: ProfileArrays
     speedup_ratio: float = 1.0
     decode_speedup_ratio: float = 1.0
+    _kv_axis: list[float] = field(init=False, repr=False, compare=False)
+    _ctx_axis: list[float] = field(init=False, repr=False, compare=False)
+    _itl_grid: list[list[float]] = field(init=False, repr=False, compare=False)
+    _prefill_memo_ms: dict[int, float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Frozen: derived caches are set through object.__setattr__.
+        object.__setattr__(self, "_kv_axis", self.arrays.decode_active_kv_tokens.tolist())
+        object.__setattr__(self, "_ctx_axis", self.arrays.decode_context_length.tolist())
+        object.__setattr__(self, "_itl_grid", self.arrays.decode_itl.tolist())
+        object.__setattr__(self, "_prefill_memo_ms", {})
 
     def prefill_ms(self, num_new_tokens: int) -> float:
+        duration_ms = self._prefill_memo_ms.get(num_new_tokens)
+        if duration_ms is None:
+            duration_ms = self._prefill_memo_ms[num_new_tokens] = self._interpolate_prefill_ms(num_new_tokens)
+        return duration_ms
+
+    def _interpolate_prefill_ms(self, num_new_tokens: int) -> float:
         if num_new_tokens <= 0:
             return 0.0
         x, y = self.arrays.prefill_isl, self.arrays.prefill_ttft_ms
@@ -105,23 +127,26 @@ class ProfileTiming:
         return max(0.0, float(y[i] + slope * (t - x[i]))) / self.speedup_ratio
 
     def decode_ms(self, active_kv_tokens: int, capacity_tokens: int, mean_context_tokens: float) -> float:
-        kv_axis, ctx_axis = self.arrays.decode_active_kv_tokens, self.arrays.decode_context_length
-        grid = self.arrays.decode_itl
-        i, fi = _cell(kv_axis, float(active_kv_tokens))
+        grid = self._itl_grid
+        i, fi = _cell(self._kv_axis, float(active_kv_tokens))
         # The mocker passes the mean context as an integer (sum // count).
-        j, fj = _cell(ctx_axis, float(math.floor(mean_context_tokens + 1e-9)))
-        top = grid[i, j] * (1 - fj) + grid[i, j + 1] * fj
-        bottom = grid[i + 1, j] * (1 - fj) + grid[i + 1, j + 1] * fj
-        raw = max(1.0, float(top * (1 - fi) + bottom * fi))
+        j, fj = _cell(self._ctx_axis, float(math.floor(mean_context_tokens + 1e-9)))
+        row, next_row = grid[i], grid[i + 1]
+        top = row[j] * (1 - fj) + row[j + 1] * fj
+        bottom = next_row[j] * (1 - fj) + next_row[j + 1] * fj
+        raw = max(1.0, top * (1 - fi) + bottom * fi)
         return raw / (self.speedup_ratio * self.decode_speedup_ratio)
 
 
-def _cell(axis: np.ndarray, value: float) -> tuple[int, float]:
+def _cell(axis: list[float], value: float) -> tuple[int, float]:
     """Index of the grid cell holding `value` (the edge cell outside the grid) and the fraction
     across it (below 0 or above 1 outside: linear extrapolation)."""
-    i = int(np.searchsorted(axis, value, side="right")) - 1
+    i = bisect.bisect_right(axis, value) - 1  # numpy.searchsorted(side="right") - 1
     i = min(max(i, 0), len(axis) - 2)
     return i, (value - axis[i]) / (axis[i + 1] - axis[i])
+
+
+_NOISE_BATCH = 1024  # lognormal factors drawn per numpy call
 
 
 class NoisyTiming:
@@ -129,15 +154,24 @@ class NoisyTiming:
     coefficient of variation `cv`: the pass-to-pass jitter of real GPUs (kernel launch, host
     scheduling), which also keeps closed-loop clients from marching in lockstep waves."""
 
-    __slots__ = ("_mu", "_sigma", "base", "cv", "rng")
+    __slots__ = ("_factors", "_mu", "_next", "_sigma", "base", "cv", "rng")
 
     def __init__(self, base: TimingModel, cv: float, rng: np.random.Generator) -> None:
         self.base, self.cv, self.rng = base, cv, rng
         sigma2 = math.log1p(cv * cv)  # computed once: the factor is drawn on every engine pass
         self._mu, self._sigma = -0.5 * sigma2, math.sqrt(sigma2)
+        self._factors: list[float] = []
+        self._next = 0
 
     def _factor(self) -> float:
-        return float(self.rng.lognormal(self._mu, self._sigma))
+        # Drawn in batches: numpy gives the same numbers as one draw per call (the rng is this
+        # model's alone), at a fraction of the per-call cost.
+        if self._next == len(self._factors):
+            self._factors = self.rng.lognormal(self._mu, self._sigma, _NOISE_BATCH).tolist()
+            self._next = 0
+        factor = self._factors[self._next]
+        self._next += 1
+        return factor
 
     def prefill_ms(self, num_new_tokens: int) -> float:
         return self.base.prefill_ms(num_new_tokens) * self._factor()
