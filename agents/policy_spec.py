@@ -35,6 +35,22 @@ BASELINES: dict[str, tuple[str, ...]] = {
     "cache_aware": ("router.mode=cache_aware",),
     "llm_d": ("router.mode=llm_d",),
 }
+# `poa-gym eval`'s names for the same fixed policies (agents/registry.py), so both commands take
+# them. Dynamo's credit decay is a startup-only gain on the prefill-load imbalance; at 1.0, one
+# request's worth of extra prefill load on a worker halves its overlap credit.
+CREDIT_DECAY = 1.0
+NAMED_FIXED: dict[str, tuple[str, ...]] = {
+    "default": BASELINES["kv"],
+    "credit-decay": ("router.mode=kv", f"router.overlap_score_credit_decay={CREDIT_DECAY}"),
+    "round-robin": BASELINES["round_robin"],
+    "p2c": BASELINES["power_of_two"],
+    "least-loaded": BASELINES["least_loaded"],
+    "cache-aware": BASELINES["cache_aware"],
+    "llm-d": BASELINES["llm_d"],
+}
+BASELINES.update(NAMED_FIXED)
+# Policies that change the knobs as they go: they need the control loop of `poa-gym eval`.
+ADAPTIVE = ("knee", "best-static")
 # Every RouterConfig field but the mode is a knob a static policy may fix.
 KNOBS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RouterConfig) if f.name != "mode")
 GRID_SEPARATOR = "/"
@@ -114,6 +130,11 @@ def _group_tokens(text: str) -> list[_Group]:
             groups[-1].knob_tokens.append(token)
         elif token in BASELINES:
             groups.append(_Group("baseline", token, []))
+        elif token in ADAPTIVE:
+            raise PolicySpecError(
+                f"'{token}' acts every control interval (or needs a search): run it with "
+                "`poa-gym eval`, which drives the environment; a sweep runs fixed policies"
+            )
         else:
             raise PolicySpecError(f"unknown policy '{token}' (valid: {valid_policies_text()})")
     return groups

@@ -1,4 +1,5 @@
-"""Policies by name, as `poa-gym eval --policies` and `poa-gym sweep --policies` take them.
+"""Policies by name, as `poa-gym eval --policies` takes them (`poa-gym sweep` takes the fixed
+ones too: `agents.policy_spec.NAMED_FIXED`; knee and best-static need eval's control loop).
 
 A named policy is two things: scenario overrides (the router mode, or a startup-only knob such
 as Dynamo's `overlap_score_credit_decay`) and a knob policy that acts every interval. Classic
@@ -23,20 +24,9 @@ from dataclasses import dataclass
 
 from agents.base import Policy, PolicyContext, StaticPolicy
 from agents.knee import KneeController
-from agents.policy_spec import PolicySpecError
+from agents.policy_spec import BASELINES, NAMED_FIXED, PolicySpecError
 
-# Dynamo's switch is a gain on the prefill-load imbalance; 1.0 is the value at which one
-# request's worth of extra prefill load on a worker halves its overlap credit.
-CREDIT_DECAY = 1.0
-
-ROUTER_MODES: dict[str, str] = {
-    "round-robin": "round_robin",
-    "random": "random",
-    "p2c": "power_of_two",
-    "least-loaded": "least_loaded",
-    "cache-aware": "cache_aware",
-    "llm-d": "llm_d",
-}
+ROUTER_MODES: tuple[str, ...] = ("round-robin", "random", "p2c", "least-loaded", "cache-aware", "llm-d")
 NAMED: tuple[str, ...] = ("default", "credit-decay", "best-static", "knee", *ROUTER_MODES)
 
 
@@ -59,17 +49,14 @@ def resolve(name: str) -> NamedPolicy:
         PolicySpecError: an unknown name, or a malformed `static:` policy.
     """
     name = name.strip()
-    if name == "default":
-        return NamedPolicy(name, ("router.mode=kv",), _default)
-    if name == "credit-decay":
-        overrides = ("router.mode=kv", f"router.overlap_score_credit_decay={CREDIT_DECAY}")
-        return NamedPolicy(name, overrides, _default)
+    if name in NAMED_FIXED:
+        return NamedPolicy(name, NAMED_FIXED[name], _default)
     if name == "best-static":
         return NamedPolicy(name, ("router.mode=kv",), _default, search=True)
     if name == "knee":
         return NamedPolicy(name, ("router.mode=kv",), lambda context: KneeController(context))
-    if name in ROUTER_MODES:
-        return NamedPolicy(name, (f"router.mode={ROUTER_MODES[name]}",), _default)
+    if name == "random":
+        return NamedPolicy(name, BASELINES["random"], _default)
     if name.startswith("static:"):
         values = _static_values(name)
         return NamedPolicy(name, ("router.mode=kv",), lambda context: StaticPolicy(name, context, values))

@@ -38,6 +38,10 @@ policies (--policies, comma-separated; repeat the flag to add more):
                          Dynamo's load-based baseline routers
   cache_aware, llm_d     SGLang's cache-aware router and llm-d's default scorer
   kv                     the KV router with the scenario's own knobs
+  default, credit-decay, round-robin, p2c, least-loaded, cache-aware, llm-d
+                         poa-gym eval's names for the same fixed policies (credit-decay:
+                         overlap_score_credit_decay=1, Dynamo 1.6.1 scenarios only); knee
+                         and best-static adapt or search, so they run under poa-gym eval
   static:KNOB=V[,KNOB=V...]
                          the KV router with these knobs fixed, e.g.
                          static:overlap_score_credit=1,prefill_load_scale=1,router_temperature=0

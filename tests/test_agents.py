@@ -13,7 +13,7 @@ import pytest
 
 from agents.base import PolicyContext, StaticPolicy
 from agents.knee import REGIMES, KneeConfig, KneeController, KneeState, table2
-from agents.policy_spec import PolicySpecError
+from agents.policy_spec import PolicySpecError, parse_policies
 from agents.registry import NAMED, resolve, split_names
 from envs.knobs import KnobRange, action_to_override
 from envs.observation import ObservationConfig
@@ -181,3 +181,15 @@ def test_split_names_continues_a_static_policy():
     ]
     with pytest.raises(PolicySpecError, match="twice"):
         split_names("knee,knee")
+
+
+def test_sweep_takes_the_fixed_named_policies_and_sends_adaptive_ones_to_eval():
+    specs = parse_policies("default,credit-decay,p2c,llm-d")
+    assert [s.overrides for s in specs] == [
+        resolve("default").overrides,
+        resolve("credit-decay").overrides,
+        ("router.mode=power_of_two",),
+        ("router.mode=llm_d",),
+    ]
+    with pytest.raises(PolicySpecError, match="poa-gym eval"):
+        parse_policies("default,knee")
