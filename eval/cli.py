@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--requests", type=int, default=5000)
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--json", action="store_true")
+    bench.add_argument(
+        "--env",
+        action="store_true",
+        help="environment steps per wall-second on one core instead (llama70b-b200-1p5d, C=256)",
+    )
+    bench.add_argument("--steps", type=int, default=40, help="--env: steps per timed rollout")
     bench.set_defaults(handler=_cmd_bench)
 
     sweep_cli.add_parser(commands)
@@ -255,8 +261,10 @@ def _cmd_crosscheck(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from eval.bench import bench_scenario, run_bench
 
-    if args.requests <= 0 or args.repeats <= 0:
-        raise UserError("--requests and --repeats must be positive")
+    if args.requests <= 0 or args.repeats <= 0 or args.steps <= 0:
+        raise UserError("--requests, --repeats and --steps must be positive")
+    if args.env:
+        return _bench_env(args)
     scenario = bench_scenario(args.requests)
     with console.status(f"benchmarking (best of {args.repeats} runs each)"):
         result = run_bench(scenario, repeats=args.repeats)
@@ -273,6 +281,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         out.print(f"dynamo.replay {result.dynamo_rps:10.0f} simulated requests / wall-second")
         out.print(f"ratio ours/dynamo = {result.ratio:.2f}")
+    return 0
+
+
+def _bench_env(args: argparse.Namespace) -> int:
+    from eval.bench_env import bench_env, format_env_bench
+
+    with console.status(f"stepping the environment (best of {args.repeats} rollouts)"):
+        result = bench_env(num_steps=args.steps, repeats=args.repeats)
+    if args.json:
+        out.print_json(json.dumps(dataclasses.asdict(result)))
+    else:
+        out.print(format_env_bench(result))
     return 0
 
 
