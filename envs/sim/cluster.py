@@ -137,6 +137,7 @@ class Cluster:
             )
             for wid, kind in enumerate(kinds)
         ]
+        self._pools = [engine.pool for engine in self.engines]  # by worker id, for the routers
         self.block_size = self.engines[0].block_size
         if any(engine.block_size != self.block_size for engine in self.engines):
             raise ValueError("all workers of a deployment must use the same block_size")
@@ -173,10 +174,10 @@ class Cluster:
         return EngineMetrics(len(engine.waiting), engine.pool.num_active / engine.pool.num_blocks)
 
     def _tree_size(self, worker: int) -> int:
-        return self.engines[worker].pool.num_cached
+        return self._pools[worker].num_cached
 
     def _overlap(self, worker: int, block_hashes: tuple[int, ...], num_blocks: int) -> int:
-        return self.engines[worker].pool.match_prefix(block_hashes, num_blocks)
+        return self._pools[worker].match_prefix(block_hashes, num_blocks)
 
     def _tier_overlap(
         self, worker: int, block_hashes: tuple[int, ...], start: int, limit: int

@@ -193,8 +193,9 @@ def select_index(
             return costs.index(low)
         ties = [i for i, cost in enumerate(costs) if cost == low]
         if tree_sizes is not None:
-            smallest = min(tree_sizes[i] for i in ties)
-            ties = [i for i in ties if tree_sizes[i] == smallest]
+            sizes = [tree_sizes[i] for i in ties]
+            smallest = min(sizes)
+            ties = [i for i, size in zip(ties, sizes, strict=True) if size == smallest]
         return ties[0] if len(ties) == 1 else ties[int(rng.integers(len(ties)))]
     span = max(costs) - low
     if span <= 0:
@@ -261,10 +262,11 @@ class Router:
         """Pick a worker for a request and book its load there."""
         mode = self.config.mode
         num_full = isl_tokens // self.block_size
-        loads = [self.loads[w] for w in self.workers]
+        workers, overlap = self.workers, self._overlap
+        loads = [self.loads[w] for w in workers]
         # The true overlap goes into the record (PoA-hat prices cache hits whatever the knobs);
         # the router itself sees none when the credit is 0, since Dynamo then has no indexer.
-        overlaps = [self._overlap(w, block_hashes, num_full) for w in self.workers]
+        overlaps = [overlap(w, block_hashes, num_full) for w in workers]
         if mode == "kv":
             seen = overlaps if knobs.overlap_score_credit > 0 else [0] * len(self.workers)
             new_blocks = self._new_blocks(loads, block_hashes, num_full, knobs)
@@ -338,7 +340,13 @@ class Router:
             return [0] * len(loads)
         if not knobs.assume_kv_reuse:
             return [num_full] * len(loads)
-        return [num_full - load.shared_prefix_blocks(block_hashes, num_full) for load in loads]
+        new_blocks = []
+        for load in loads:  # WorkerLoad.shared_prefix_blocks, inlined: it runs for every worker
+            refs, shared = load.block_refs, 0
+            while shared < num_full and block_hashes[shared] in refs:
+                shared += 1
+            new_blocks.append(num_full - shared)
+        return new_blocks
 
     def _book(
         self,
