@@ -27,6 +27,7 @@ Everything comes from the request records and three latency coefficients (which
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,16 +150,19 @@ def frozen_matrix(
     """The window's frozen latency matrix (requests x workers) and its worker ids."""
     workers = tuple(sorted({w for _, d in window for w in d.candidates}))
     column = {w: j for j, w in enumerate(workers)}
-    matrix = np.full((len(window), len(workers)), np.inf)
-    for i, (record, decision) in enumerate(window):
+    # Filled as Python rows, then converted once: numpy's per-element assignment is slow.
+    rows = []
+    for record, decision in window:
+        row = [math.inf] * len(workers)
         for w, overlap in zip(decision.candidates, decision.overlap_blocks, strict=True):
             uncached = max(0, record.input_tokens - overlap * latency.block_size)
-            matrix[i, column[w]] = (
+            row[column[w]] = (
                 latency.base_s
                 + latency.per_uncached_token_s * uncached
                 + latency.per_inflight_s * inflight_by_worker.get(w, 0)
             )
-    return matrix, workers
+        rows.append(row)
+    return np.array(rows, dtype=float).reshape(len(window), len(workers)), workers
 
 
 def optimal_cost(matrix: np.ndarray) -> float:
@@ -192,12 +196,13 @@ class _InflightIndex:
             starts, ends = spans.setdefault(decision.chosen, ([], []))
             starts.append(decision.time_s)
             ends.append(record.first_token_s)
-        self._spans = {w: (np.sort(s), np.sort(e)) for w, (s, e) in spans.items()}
+        self._spans = {w: (sorted(s), sorted(e)) for w, (s, e) in spans.items()}
 
     def at(self, t_s: float) -> dict[int, int]:
         # Routed strictly before t_s, first token strictly after: ends <= t_s all started before.
+        # (bisect on lists: asked once per window, where numpy's call overhead dominated.)
         return {
-            w: int(np.searchsorted(starts, t_s, "left") - np.searchsorted(ends, t_s, "right"))
+            w: bisect.bisect_left(starts, t_s) - bisect.bisect_right(ends, t_s)
             for w, (starts, ends) in self._spans.items()
         }
 
