@@ -66,7 +66,9 @@ class _Flight:
         "turn",
     )
 
-    def __init__(self, request_id: int, session_id: int, turn: int, arrival_s: float, spec: Turn) -> None:
+    def __init__(
+        self, request_id: int, session_id: int, turn: int, arrival_s: float, spec: Turn, knobs: Knobs
+    ) -> None:
         self.request_id = request_id
         self.session_id = session_id
         self.turn = turn
@@ -74,7 +76,7 @@ class _Flight:
         self.input_tokens = spec.input_tokens
         self.output_tokens = spec.output_tokens
         self.decisions: list[RouteDecision] = []
-        self.knobs = Knobs()
+        self.knobs = knobs  # in force at arrival; the decode stage is routed with them too
         self.prefill_worker = self.decode_worker = -1
         self.prefill_start_s = self.prefill_end_s = self.first_token_s = -1.0
         self.transfer_start_s = self.transfer_end_s = -1.0
@@ -278,14 +280,14 @@ class Cluster:
     def _dispatch(self, session_id: int, turn_index: int, turn: Turn) -> _Flight:
         self._num_dispatched += 1
         rid = next(self._request_ids)
-        flight = _Flight(rid, session_id, turn_index, self.env.now, turn)
+        knobs = self._knobs
+        flight = _Flight(rid, session_id, turn_index, self.env.now, turn, knobs)
         flight.done = self.env.event()
         bs = self.block_size
         flight.prompt_hashes = prompt_block_hashes(turn.hash_ids, turn.input_tokens, self.block_tokens, bs)
         flight.seq_hashes = sequence_block_hashes(
             flight.prompt_hashes, turn.input_tokens, turn.output_tokens, bs, rid
         )
-        knobs = flight.knobs = self._knobs
         decision = self.router.route(rid, turn.input_tokens, flight.prompt_hashes, knobs, self.env.now)
         flight.decisions.append(decision)
         flight.prefill_worker = decision.chosen

@@ -245,6 +245,7 @@ class Router:
         self.config = config
         self.stage = stage
         self.workers = workers
+        self._candidates = tuple(workers)  # one tuple shared by every decision's record
         self.block_size = block_size
         self.loads = {worker: WorkerLoad() for worker in workers}
         self._overlap = overlap
@@ -289,7 +290,7 @@ class Router:
             self.stage,
             now_s,
             chosen,
-            tuple(self.workers),
+            self._candidates,
             tuple(costs),
             tuple(overlaps),
             knobs.overlap_score_credit,
