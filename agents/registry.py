@@ -14,13 +14,15 @@ routers ignore the knobs, so their knob policy is the static default.
     round-robin, random, p2c, least-loaded          Dynamo's load-based routers
     cache-aware, llm-d                              SGLang's and llm-d's routers
     static:KNOB=V[,KNOB=V...]                       fixed knob values
-    ppo:PATH                                        a trained policy (arrives with training)
+    ppo:PATH                                        a trained policy: a checkpoint folder after
+                                                    `poa-gym export PATH`, or its export folder
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from agents.base import Policy, PolicyContext, StaticPolicy
 from agents.knee import KneeController
@@ -61,7 +63,7 @@ def resolve(name: str) -> NamedPolicy:
         values = _static_values(name)
         return NamedPolicy(name, ("router.mode=kv",), lambda context: StaticPolicy(name, context, values))
     if name.startswith("ppo:"):
-        raise PolicySpecError(f"'{name}': learned policies arrive with training (not yet available)")
+        return _ppo(name)
     raise PolicySpecError(f"unknown policy '{name}' (valid: {', '.join(NAMED)}, static:KNOB=V,...)")
 
 
@@ -83,6 +85,41 @@ def split_names(text: str) -> list[str]:
 
 def _default(context: PolicyContext) -> Policy:
     return StaticPolicy("default", context, {})  # every knob at the scenario's value
+
+
+def _ppo(name: str) -> NamedPolicy:
+    """A trained policy from its ONNX export; the files are checked now so that the CLI fails fast,
+    and loaded in `build` (eval's worker processes resolve the name again and build their own)."""
+    from agents.onnx_policy import find_export_dir  # onnxruntime loads only for ppo: policies
+
+    path = name.removeprefix("ppo:").strip()
+    if not path:
+        raise PolicySpecError(f"'{name}': needs a path, ppo:CHECKPOINT_DIR or ppo:EXPORT_DIR")
+    if not Path(path).is_dir():
+        raise PolicySpecError(
+            f"'{name}': no such directory {path} (a checkpoint folder after `poa-gym export {path}`, "
+            "or its export folder)"
+        )
+    if find_export_dir(path) is None:
+        raise PolicySpecError(
+            f"'{name}': no exported policy in {path} (policy.json there or in export/); "
+            f"run `poa-gym export {path}` first"
+        )
+
+    def build(context: PolicyContext) -> Policy:
+        from agents.onnx_policy import OnnxPolicy
+
+        try:
+            policy = OnnxPolicy.load(path, name=name)
+        except (OSError, ValueError) as error:
+            raise PolicySpecError(f"'{name}': {error}") from None
+        try:
+            policy.check_matches(context.knobs, context.feature_names)
+        except ValueError as error:  # its message starts with the policy's name already
+            raise PolicySpecError(str(error)) from None
+        return policy
+
+    return NamedPolicy(name, ("router.mode=kv",), build)
 
 
 def _static_values(name: str) -> dict[str, float]:

@@ -28,12 +28,14 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 180)
 
 EPILOG = f"""\
-policies (comma-separated): {", ".join(NAMED)}, static:KNOB=V[,KNOB=V...]
+policies (comma-separated): {", ".join(NAMED)}, static:KNOB=V[,KNOB=V...], ppo:PATH
   default        Dynamo's KV router with the scenario's knobs
   credit-decay   the same with overlap_score_credit_decay=1 (Dynamo 1.6.1 scenarios only)
   best-static    the best fixed setting of the --search grid, by mean reward on search seeds
   knee           the paper's knee-detection controller (agents/knee.py)
   others         router modes of the simulator (Dynamo's baselines, SGLang's and llm-d's routers)
+  ppo:PATH       a trained policy: a checkpoint folder after `poa-gym export PATH`, or its export
+                 folder; its knobs and observation features must match the scenario's
 
 episodes: warm-up, then --intervals control intervals of --interval-s simulated seconds, the client
 count following --schedule. Eval seeds are 1000000 + 0..N-1 (training and searches use seeds below
