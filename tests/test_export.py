@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 from stable_baselines3 import PPO
+from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from agents.base import PolicyContext
@@ -58,6 +59,7 @@ class Trained:
             DummyVecEnv([lambda: DisaggRoutingEnv(ENV_CONFIG)]), norm_obs=True, norm_reward=False
         )
         self.model = PPO("MlpPolicy", self.venv, n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu")
+        self.model.set_logger(configure(str(root / "logs"), []))  # else SB3 makes a folder in /tmp
         self.model.learn(16)
         self.model.save(self.checkpoint / "model.zip")
         self.venv.save(str(self.checkpoint / "vecnormalize.pkl"))
