@@ -64,7 +64,7 @@ def resolve(name: str) -> NamedPolicy:
         return NamedPolicy(name, ("router.mode=kv",), lambda context: StaticPolicy(name, context, values))
     if name.startswith("ppo:"):
         return _ppo(name)
-    raise PolicySpecError(f"unknown policy '{name}' (valid: {', '.join(NAMED)}, static:KNOB=V,...)")
+    raise PolicySpecError(f"unknown policy '{name}' (valid: {', '.join(NAMED)}, static:KNOB=V,..., ppo:PATH)")
 
 
 def split_names(text: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The `poa-gym` command line: simulate, crosscheck, bench, scenarios.
+"""The `poa-gym` command line: simulate, sweep, eval, train, export, and the tools around them.
 
 User errors (a bad scenario, a missing file, Dynamo not installed) print one clear message and
 exit with status 2, never a traceback.
@@ -26,6 +26,7 @@ from envs.sim.metrics import Summary, summarize
 from eval import eval_cli, profile_cli, regimes_cli, sweep_cli
 from eval.errors import UserError
 from eval.runner import run_scenario
+from training import export_cli, train_cli
 
 console = Console(stderr=True)
 # Wide tables stay readable when piped to a file or a CI log (rich assumes 80 columns there).
@@ -100,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     eval_cli.add_parser(commands)
     profile_cli.add_parser(commands)
     regimes_cli.add_parser(commands)
+    train_cli.add_parser(commands)
+    export_cli.add_parser(commands)
     return parser
 
 

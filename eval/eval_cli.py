@@ -147,11 +147,14 @@ def _setup(args: argparse.Namespace, policies: list[str]) -> EpisodeSetup:
 
 
 def _check_policy(setup: EpisodeSetup, name: str) -> None:
+    """The policy builds on the scenario now (its knobs and features fit), not in a worker."""
+    from agents.base import PolicyContext
     from envs.scenarios import ScenarioError
 
+    named = resolve(name)
     try:
-        setup.env(resolve(name).overrides)
-    except ScenarioError as error:
+        named.build(PolicyContext.from_env(setup.env(named.overrides)))
+    except (ScenarioError, PolicySpecError) as error:
         raise UserError(f"policy '{name}' cannot run on {setup.scenario}: {error}") from None
 
 

@@ -89,8 +89,8 @@ def best_point(search: Sequence[SearchPoint], defaults: Mapping[str, float]) -> 
     return max(search, key=lambda p: (p.mean_reward, -distance(p))).values
 
 
-def eval_seeds(num_seeds: int) -> tuple[int, ...]:
-    return tuple(EVAL_SEED_BASE + i for i in range(num_seeds))
+def eval_seeds(num_seeds: int, base: int = EVAL_SEED_BASE) -> tuple[int, ...]:
+    return tuple(base + i for i in range(num_seeds))
 
 
 def evaluate(
@@ -101,9 +101,11 @@ def evaluate(
     search_values: Mapping[str, Sequence[float]] | None = None,
     num_search_seeds: int = 1,
     progress: ProgressHook | None = None,
+    seed_base: int = EVAL_SEED_BASE,
 ) -> Evaluation:
-    """Run the evaluation; `search_values` (knob -> values) is the best-static grid."""
-    seeds = eval_seeds(num_seeds)
+    """Run the evaluation; `search_values` (knob -> values) is the best-static grid; training's
+    model selection passes its own `seed_base` (validation seeds, disjoint from the test's)."""
+    seeds = eval_seeds(num_seeds, seed_base)
     defaults = setup.env().default_values
     search: tuple[SearchPoint, ...] = ()
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:

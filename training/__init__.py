@@ -1,1 +1,1 @@
-"""training: arrives with its issue."""
+"""training: PPO on the environment (`poa-gym train`), checkpoints, W&B, ONNX export."""

@@ -1,0 +1,123 @@
+"""Validation during training and the final test, both through `poa-gym eval`'s engine.
+
+A candidate model is exported (ONNX) and evaluated as `ppo:DIR`, the same way `poa-gym eval`
+and the router sidecar run it, so what is selected is exactly what ships. Validation episodes
+use seeds 900000 + i; the final test uses the eval seeds 1000000 + i; training seeds lie below
+both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envs.schedules import ScheduleConfig
+from eval.episodes import EpisodeSetup, PhaseSummary
+from eval.evaluate import Evaluation, evaluate
+from training.config import TrainConfig
+
+VALIDATION_SEED_BASE = 900_000
+METRICS = ("poa_hat", "ttft_p99_s", "itl_p99_s", "throughput_rps", "mean_reward")
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioScore:
+    """One policy on one scenario: the mean episode reward, and its saturated-phase figures."""
+
+    scenario: str
+    policy: str
+    mean_reward: float
+    saturated: Mapping[str, float]
+
+    def metrics(self) -> dict[str, float]:
+        return {"mean_reward": self.mean_reward, **{f"saturated_{k}": v for k, v in self.saturated.items()}}
+
+
+def episode_setup(config: TrainConfig, scenario: str) -> EpisodeSetup:
+    env = config.env_config()
+    evaluation = config.eval
+    return EpisodeSetup(
+        scenario,
+        ScheduleConfig(**dict(evaluation.schedule)),
+        num_intervals=evaluation.num_intervals,
+        interval_s=env.interval_s,
+        warmup_s=env.warmup_s,
+        overrides=env.overrides,
+        knee_band=evaluation.knee_band(scenario),
+    )
+
+
+def run_evaluations(
+    config: TrainConfig,
+    policies: Sequence[str],
+    num_seeds: int,
+    seed_base: int,
+    jobs: int,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Evaluation]:
+    """Every eval scenario, these policies, `num_seeds` seeds from `seed_base`."""
+    return {
+        scenario: evaluate(
+            episode_setup(config, scenario), policies, num_seeds, jobs, progress=progress, seed_base=seed_base
+        )
+        for scenario in config.eval.scenarios
+    }
+
+
+def scores(evaluations: Mapping[str, Evaluation]) -> list[ScenarioScore]:
+    """Per scenario and policy, from the seed-mean summaries."""
+    result = []
+    for scenario, evaluation in evaluations.items():
+        by_policy: dict[str, dict[str, PhaseSummary]] = {}
+        for row in evaluation.summary():
+            by_policy.setdefault(row.policy, {})[row.phase] = row
+        for policy, phases in by_policy.items():
+            saturated = phases.get("saturated")
+            figures = {k: getattr(saturated, k) for k in METRICS[:-1]} if saturated else {}
+            result.append(ScenarioScore(scenario, policy, phases["all"].mean_reward, figures))
+    return result
+
+
+def mean_reward(items: Sequence[ScenarioScore], policy: str) -> float:
+    """The selection score: mean episode reward over the eval scenarios."""
+    values = [item.mean_reward for item in items if item.policy == policy]
+    return sum(values) / len(values) if values else -math.inf
+
+
+def comparison(evaluations: Mapping[str, Evaluation], learned: str) -> dict[str, Any]:
+    """The final table: every policy x phase per scenario, and the learned policy's ratios to the
+    knee controller and the static default (ratios < 1 on PoA-hat and TTFT favour the learner)."""
+    result: dict[str, Any] = {}
+    for scenario, evaluation in evaluations.items():
+        table = {
+            row.policy + "/" + row.phase: {k: _finite(getattr(row, k)) for k in METRICS}
+            for row in evaluation.summary()
+        }
+        result[scenario] = {"summary": table, "ratios": _ratios(table, learned)}
+    return result
+
+
+def _ratios(table: Mapping[str, Mapping[str, float | None]], learned: str) -> dict[str, float | None]:
+    def ratio(policy: str, phase: str, metric: str) -> float | None:
+        mine = table.get(f"{learned}/{phase}", {}).get(metric)
+        theirs = table.get(f"{policy}/{phase}", {}).get(metric)
+        return mine / theirs if mine is not None and theirs else None
+
+    return {
+        "poa_hat_saturated_vs_knee": ratio("knee", "saturated", "poa_hat"),
+        "ttft_p99_saturated_vs_knee": ratio("knee", "saturated", "ttft_p99_s"),
+        "throughput_all_vs_default": ratio("default", "all", "throughput_rps"),
+        "poa_hat_below_vs_default": ratio("default", "below", "poa_hat"),
+        "ttft_p99_below_vs_default": ratio("default", "below", "ttft_p99_s"),
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def candidate_name(directory: Path) -> str:
+    return f"ppo:{directory}"
