@@ -82,6 +82,7 @@ class TrainConfig:
     ppo: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     save_every_steps: int = 10_000
+    start_at_defaults: bool = True
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
@@ -120,7 +121,12 @@ class TrainConfig:
             **_plain(self.ppo),
         }
         evaluation = _plain(dataclasses.asdict(self.eval))
-        ours = {"seed": self.seed, "save_every_steps": self.save_every_steps, "eval": evaluation}
+        ours = {
+            "seed": self.seed,
+            "save_every_steps": self.save_every_steps,
+            "start_at_defaults": self.start_at_defaults,
+            "eval": evaluation,
+        }
         return {ENV_ID: zoo, OURS: ours}
 
 
@@ -176,10 +182,11 @@ def _from_sections(zoo: dict[str, Any], ours: dict[str, Any]) -> TrainConfig:
         if isinstance(zoo.get(key), str):
             zoo[key] = _literal(key, zoo[key])
     values["ppo"] = zoo
-    unknown = sorted(set(ours) - {"seed", "save_every_steps", "eval"})
+    known = ("seed", "save_every_steps", "start_at_defaults", "eval")
+    unknown = sorted(set(ours) - set(known))
     if unknown:
-        raise ValueError(f"{OURS}: unknown field(s) {unknown} (known: seed, save_every_steps, eval)")
-    values.update({k: ours[k] for k in ("seed", "save_every_steps") if k in ours})
+        raise ValueError(f"{OURS}: unknown field(s) {unknown} (known: {', '.join(known)})")
+    values.update({k: ours[k] for k in known[:-1] if k in ours})
     values["eval"] = _eval_config(ours.get("eval") or {})
     return TrainConfig(**values)
 

@@ -143,8 +143,25 @@ def _model(config: TrainConfig, venv: Any, out_dir: Path, snapshot: Path | None)
         model = PPO.load(snapshot / MODEL_FILE, env=venv, device="cpu")
     else:
         model = PPO(config.policy, venv, seed=config.seed, device="cpu", verbose=0, **dict(config.ppo))
+        if config.start_at_defaults:
+            _start_at_defaults(model, config)
     model.set_logger(_logger(out_dir / LOG_DIR))
     return model
+
+
+def _start_at_defaults(model: Any, config: TrainConfig) -> None:
+    """Centre the initial Gaussian on the scenario's own knobs (Dynamo's defaults) instead of the
+    middle of the ranges: the first rollouts then explore around what operators run today, and
+    PPO need not spend its budget walking back from a poor setting (temperature 0.5, say)."""
+    import torch
+
+    from agents.base import PolicyContext
+    from envs.disagg_env import DisaggRoutingEnv
+
+    context = PolicyContext.from_env(DisaggRoutingEnv(dict(config.env)))
+    action = context.action_for({})
+    with torch.no_grad():  # SB3 initialises action_net with gain 0.01, so the bias is the mean
+        model.policy.action_net.bias.copy_(torch.as_tensor(action, dtype=torch.float32))
 
 
 def _logger(directory: Path) -> Any:
