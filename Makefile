@@ -18,9 +18,13 @@ $(STAMP): pyproject.toml | $(PY)
 dynamo: $(STAMP)
 	bash scripts/install_dynamo.sh $(VENV)
 
-## demo: install and run the main job on the embedded simulator
+## demo: install, train a PPO policy briefly, then put the shipped policy, the knee controller and
+## the default router side by side on the paper's 1P/5D preset (under Dynamo 1.6.1 routing)
 demo: $(STAMP)
-	$(VENV)/bin/poa-gym simulate paper-70b-1p5d --concurrency 128 --duration-s 120
+	rm -rf demo-out
+	$(VENV)/bin/poa-gym train --config training/configs/demo.yaml --out demo-out/train
+	$(VENV)/bin/poa-gym eval llama70b-b200-1p5d --set router.router_semantics=dynamo-1.6 \
+		--policies ppo:checkpoints/default,knee,default --seeds 1 --intervals 24 --out demo-out/eval
 
 ## test: install everything the tests need (Dynamo included) and run the whole suite
 test: dynamo
