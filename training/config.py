@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ class TrainConfig:
             )
         if not 0 <= self.seed < 900_000:
             raise ValueError("seed: must be in [0, 900000), below the validation and test seeds")
-        accepted = set(inspect.signature(_ppo_class()).parameters) - set(RESERVED_PPO_ARGS)
+        accepted = set(inspect.signature(_ppo_init()).parameters) - set(RESERVED_PPO_ARGS)
         unknown = sorted(set(self.ppo) - accepted)
         if unknown:
             raise ValueError(f"{unknown}: not arguments of stable_baselines3.PPO")
@@ -130,10 +130,10 @@ class TrainConfig:
         return {ENV_ID: zoo, OURS: ours}
 
 
-def _ppo_class() -> type:
+def _ppo_init() -> Callable[..., None]:
     from stable_baselines3 import PPO
 
-    return PPO.__init__  # type: ignore[return-value]
+    return PPO.__init__
 
 
 def _plain(value: Any) -> Any:
@@ -178,9 +178,8 @@ def _from_sections(zoo: dict[str, Any], ours: dict[str, Any]) -> TrainConfig:
     values["policy"] = zoo.pop("policy", "MlpPolicy")
     if "normalize" in zoo:
         values["normalize"] = _normalize_kwargs(zoo.pop("normalize"))
-    for key in ("policy_kwargs",):
-        if isinstance(zoo.get(key), str):
-            zoo[key] = _literal(key, zoo[key])
+    if isinstance(zoo.get("policy_kwargs"), str):
+        zoo["policy_kwargs"] = _literal("policy_kwargs", zoo["policy_kwargs"])
     values["ppo"] = zoo
     known = ("seed", "save_every_steps", "start_at_defaults", "eval")
     unknown = sorted(set(ours) - set(known))

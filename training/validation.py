@@ -20,7 +20,8 @@ from eval.evaluate import Evaluation, evaluate
 from training.config import TrainConfig
 
 VALIDATION_SEED_BASE = 900_000
-METRICS = ("poa_hat", "ttft_p99_s", "itl_p99_s", "throughput_rps", "mean_reward")
+PHASE_METRICS = ("poa_hat", "ttft_p99_s", "itl_p99_s", "throughput_rps")
+METRICS = (*PHASE_METRICS, "mean_reward")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ def scores(evaluations: Mapping[str, Evaluation]) -> list[ScenarioScore]:
             by_policy.setdefault(row.policy, {})[row.phase] = row
         for policy, phases in by_policy.items():
             saturated = phases.get("saturated")
-            figures = {k: getattr(saturated, k) for k in METRICS[:-1]} if saturated else {}
+            figures = {k: getattr(saturated, k) for k in PHASE_METRICS} if saturated else {}
             result.append(ScenarioScore(scenario, policy, phases["all"].mean_reward, figures))
     return result
 
