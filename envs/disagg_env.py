@@ -23,7 +23,8 @@ and throughput. `info["feature_names"]` (at reset) names every entry.
 
 ## Rewards
 `envs.reward`: -ln PoA-hat - log10(TTFT P99 / 0.1 s), minus a steep penalty when throughput
-falls more than 3% below the default router's at the same load. Terms in `info["reward_terms"]`.
+(decode tokens/s) falls more than 3% below the default router's at the same load. Terms in
+`info["reward_terms"]`.
 
 ## Starting state
 `reset(seed)` picks a scenario and a schedule (uniformly, from `scenarios` and `schedules`),
@@ -199,6 +200,7 @@ class DisaggRoutingEnv(gym.Env):
         self._builder.reset(self._metrics.snapshot())
         self._cluster.env.run(until=warmup_s)
         self._records_seen = len(self._cluster.records)
+        self._tokens_seen = self._cluster.num_decode_tokens
         default_action = override_to_action(router_values(scenario.router), self.knobs)
         observation = self._builder.build(self._metrics.snapshot(), default_action)
         info = {
@@ -227,14 +229,16 @@ class DisaggRoutingEnv(gym.Env):
             start_s=min((d.time_s for r in finished for d in r.decisions), default=start_s),
         )
         throughput_rps = len(finished) / self.config.interval_s
+        decode_tok_s = (self._cluster.num_decode_tokens - self._tokens_seen) / self.config.interval_s
+        self._tokens_seen = self._cluster.num_decode_tokens
         concurrency = self._levels[self._step]
-        # After a load change the finished count lags the new client count for any router, so the
-        # reference takes the lower of the two levels: no policy is charged for the transient.
+        # After a load change new clients wait for their prefill before they decode, for any
+        # router, so the reference takes the lower of the two levels: no policy is charged for it.
         previous = self._levels[self._step - 1] if self._step else concurrency
-        reference_rps = 0.0
+        reference_tok_s = 0.0
         if self.config.reward.throughput_weight:
-            reference_rps = self._active.reference.at(min(concurrency, previous))
-        terms = reward_terms(self.config.reward, poa.poa_hat, list(finished), throughput_rps, reference_rps)
+            reference_tok_s = self._active.reference.at(min(concurrency, previous))
+        terms = reward_terms(self.config.reward, poa.poa_hat, list(finished), decode_tok_s, reference_tok_s)
         latency = summarize(finished)
         self._step += 1
         info = {
@@ -243,7 +247,8 @@ class DisaggRoutingEnv(gym.Env):
             "concurrency": concurrency,
             "poa_hat": poa.poa_hat,
             "throughput_rps": throughput_rps,
-            "reference_rps": reference_rps,
+            "decode_tok_s": decode_tok_s,
+            "reference_tok_s": reference_tok_s,
             "ttft_p99_s": latency.ttft_p99_s,
             "itl_p99_s": latency.itl_p99_s,
             "num_finished": len(finished),

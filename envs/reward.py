@@ -11,7 +11,14 @@ saturation, where both explode. PoA-hat alone can be gamed in a closed loop by s
 13%. The throughput term is zero within `throughput_tolerance` (3%) of what Dynamo's default
 router achieves at the same client count C, and then grows steeply (a 5-point shortfall beyond
 the tolerance costs as much as a 2.7x PoA-hat), so the agent may only trade a few percent.
-`X_default(C)` is measured by short simulations of the default router (`ReferenceThroughput`).
+
+X is the decode tokens emitted in the interval per second (`Cluster.num_decode_tokens`), not
+finished requests: a 5-s interval sees only ~75 completions on the multi-turn presets, whose
+count varies by +-12% from interval to interval and lags a rising client count by a request
+lifetime, so a completion-based term was mostly noise (on agg8, an SD of 7.4 per interval,
+80% of the reward). Tokens are counted as they are emitted, thousands per interval.
+`X_default(C)` is measured the same way by short simulations of the default router
+(`ReferenceThroughput`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dataclasses import dataclass
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import percentile
 from envs.sim.records import RequestRecord
-from envs.sim.run import simulate
+from envs.sim.run import build_cluster
 from envs.sim.timing import ProfileArrays
 
 
@@ -52,8 +59,8 @@ def reward_terms(
     config: RewardConfig,
     poa_hat: float,
     finished: list[RequestRecord],
-    throughput_rps: float,
-    reference_rps: float,
+    decode_tok_s: float,
+    reference_tok_s: float,
 ) -> dict[str, float]:
     """The named terms of one interval (a term without data, e.g. no request finished, is 0)."""
     ttft_p99_s = percentile([r.ttft_s for r in finished], 99)
@@ -66,8 +73,8 @@ def reward_terms(
         ),
         "throughput": 0.0,
     }
-    if reference_rps > 0:
-        shortfall = (1.0 - config.throughput_tolerance) - throughput_rps / reference_rps
+    if reference_tok_s > 0:
+        shortfall = (1.0 - config.throughput_tolerance) - decode_tok_s / reference_tok_s
         terms["throughput"] = -config.throughput_weight * max(0.0, shortfall)
     return terms
 
@@ -77,15 +84,15 @@ REFERENCE_GRID: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 38
 
 
 class ReferenceThroughput:
-    """Throughput of the scenario's default router at each client count, measured lazily by a
-    short closed-loop simulation per grid point and interpolated linearly in log C."""
+    """Decode tokens per second of the scenario's default router at each client count, measured
+    lazily by a short closed-loop simulation per grid point and interpolated linearly in log C."""
 
     def __init__(
         self,
         scenario: ScenarioConfig,
         profile: ProfileArrays | None,
-        measure_s: float = 10.0,
-        warmup_s: float = 3.0,
+        measure_s: float = 30.0,
+        warmup_s: float = 30.0,
     ) -> None:
         self._scenario = scenario
         self._profile = profile
@@ -119,6 +126,8 @@ class ReferenceThroughput:
         )
         duration_s = self._warmup_s + self._measure_s
         scenario = dataclasses.replace(self._scenario, workload=workload, duration_s=duration_s)
-        records = simulate(scenario, profile=self._profile).records
-        done = sum(1 for r in records if self._warmup_s <= r.last_token_s < duration_s)
-        return done / self._measure_s
+        cluster = build_cluster(scenario, profile=self._profile)
+        cluster.env.run(until=self._warmup_s)
+        warm_tokens = cluster.num_decode_tokens
+        cluster.env.run(until=duration_s)
+        return (cluster.num_decode_tokens - warm_tokens) / self._measure_s

@@ -217,6 +217,11 @@ class Cluster:
         return self._num_dispatched - len(self.records)
 
     @property
+    def num_decode_tokens(self) -> int:
+        """Tokens emitted by decode passes so far, on every engine: work done, counted live."""
+        return sum(engine.stats.num_decode_tokens for engine in self.engines)
+
+    @property
     def num_awaiting_first_token(self) -> int:
         """Requests still waiting for their first token (Dynamo's `queued_requests`)."""
         return self._num_dispatched - self._num_first_tokens

@@ -265,6 +265,10 @@ class WorkloadConfig:
     num_prefix_groups: int = Field(1, gt=0)
     turns_per_session: int = Field(1, gt=0)
     inter_turn_delay_s: float = Field(0.0, ge=0)
+    # `exponential`: each think time is drawn with mean inter_turn_delay_s (the classic
+    # interactive-user model). A fixed delay keeps closed-loop clients that start together in
+    # lock-step, so load arrives in waves that alias with a 5-s control interval.
+    inter_turn_delay: Literal["fixed", "exponential"] = "fixed"
     trace_path: str | None = None
     trace_block_tokens: int = Field(512, gt=0)
     trace_time_scale: float = Field(1.0, gt=0)  # >1 compresses the trace's timeline

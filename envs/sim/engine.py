@@ -177,6 +177,7 @@ class Engine:
             self._in_pass = False
             self.stats.num_passes += 1
             self.stats.busy_s += duration_s
+            self.stats.num_decode_tokens += num_decoding
             notified = self._complete_pass(batch, num_decoding, start_s)
             if self._stored:
                 self._offload_stored()

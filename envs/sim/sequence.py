@@ -87,3 +87,5 @@ class EngineStats:
     other_gaps_s: list[float] = field(default_factory=list)  # gaps broken by a preemption
     num_passes: int = 0
     busy_s: float = 0.0
+    # One token per decoding sequence per pass, counted as it is emitted: the live service rate.
+    num_decode_tokens: int = 0

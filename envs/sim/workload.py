@@ -110,6 +110,12 @@ class SyntheticSessions:
             return mean
         return max(1, round(mean * (1.0 + self._rng.uniform(-spread, spread))))
 
+    def _think_time_s(self) -> float:
+        mean_s = self.config.inter_turn_delay_s
+        if self.config.inter_turn_delay == "exponential" and mean_s > 0:
+            return float(self._rng.exponential(mean_s))
+        return mean_s
+
     def _unique_ids(self, num_tokens: int) -> list[int]:
         return [next(self._next_unique) for _ in range(math.ceil(num_tokens / self.block_tokens))]
 
@@ -133,7 +139,7 @@ class SyntheticSessions:
                 history = history[: math.ceil(total / bt)] + self._unique_ids(new_tokens)
                 total = total_aligned + new_tokens
             total_aligned = math.ceil(total / bt) * bt
-            delay = config.inter_turn_delay_s if turn_index else 0.0
+            delay = self._think_time_s() if turn_index else 0.0
             turns.append(Turn(total, osl, tuple(history[: math.ceil(total / bt)]), delay))
         return Session(session_id, start_s, tuple(turns))
 
