@@ -12,11 +12,12 @@ saturation, where both explode. PoA-hat alone can be gamed in a closed loop by s
 router achieves at the same client count C, and then grows steeply (a 5-point shortfall beyond
 the tolerance costs as much as a 2.7x PoA-hat), so the agent may only trade a few percent.
 
-X is the decode tokens emitted in the interval per second (`Cluster.num_decode_tokens`), not
-finished requests: a 5-s interval sees only ~75 completions on the multi-turn presets, whose
-count varies by +-12% from interval to interval and lags a rising client count by a request
-lifetime, so a completion-based term was mostly noise (on agg8, an SD of 7.4 per interval,
-80% of the reward). Tokens are counted as they are emitted, thousands per interval.
+X is the decode tokens emitted in the interval per second (`Cluster.num_decode_tokens`), counted
+as they are emitted, not finished requests: completions lag a rising client count by a request
+lifetime and, at ~75 per 5-s interval on the multi-turn presets, vary more from interval to
+interval (at a steady C = 64 on 3P/3D, a coefficient of variation of 0.09 against 0.06).
+The reference needs a warm-up of several think times: with 3 s, its clients had not yet paused
+between turns, and the default router itself fell 35-60% short of it on agg8 at C = 256.
 `X_default(C)` is measured the same way by short simulations of the default router
 (`ReferenceThroughput`).
 """
