@@ -229,8 +229,9 @@ class DisaggRoutingEnv(gym.Env):
             start_s=min((d.time_s for r in finished for d in r.decisions), default=start_s),
         )
         throughput_rps = len(finished) / self.config.interval_s
-        decode_tok_s = (self._cluster.num_decode_tokens - self._tokens_seen) / self.config.interval_s
-        self._tokens_seen = self._cluster.num_decode_tokens
+        num_decode_tokens = self._cluster.num_decode_tokens
+        decode_tok_s = (num_decode_tokens - self._tokens_seen) / self.config.interval_s
+        self._tokens_seen = num_decode_tokens
         concurrency = self._levels[self._step]
         # After a load change new clients wait for their prefill before they decode, for any
         # router, so the reference takes the lower of the two levels: no policy is charged for it.
