@@ -115,6 +115,9 @@ def test_packaged_config_loads_and_names_its_envs():
         ("PoAGym/DisaggRouting-v0", {"env_kwargs": {"scenarioz": ["x"]}}, ["scenarioz", "EnvConfig"]),
         ("poa-gym", {"eval": {"every_steps": 0}}, ["eval.every_steps", ">= 1"]),
         ("poa-gym", {"seed": 950_000}, ["seed", "900000"]),
+        ("poa-gym", {"start_knobs": {"credit": 2.0}}, ["start_knobs.credit", "not a knob"]),
+        ("poa-gym", {"start_knobs": {"router_temperature": -1}}, ["start_knobs.router_temperature", ">= 0"]),
+        ("poa-gym", {"start_knobs": [2.0]}, ["start_knobs", "mapping"]),
     ],
 )
 def test_bad_config_names_file_and_field(tmp_path, section, change, words):
@@ -128,6 +131,31 @@ def test_bad_config_names_file_and_field(tmp_path, section, change, words):
     assert str(path) in message
     for word in words:
         assert word in message
+
+
+def test_initial_policy_sits_on_the_start_knobs(tmp_path):
+    """The untrained model's deterministic knobs are the named start knobs (corners exactly, an
+    inner value to within the action head's initial weights), and the scenario's for the rest."""
+    from stable_baselines3 import PPO
+
+    from envs.disagg_env import DisaggRoutingEnv
+    from envs.knobs import action_to_override
+    from training.train import _start_at_defaults
+
+    data = json.loads(json.dumps(TINY))
+    data["poa-gym"]["start_knobs"] = {"overlap_score_credit": 2.0, "router_temperature": 0.25}
+    path = tmp_path / "start.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = load_train_config(path)
+    env = DisaggRoutingEnv(dict(config.env))
+    model = PPO("MlpPolicy", env, seed=0, device="cpu", policy_kwargs={"net_arch": [16]})
+    _start_at_defaults(model, config)
+    obs, _ = env.reset(seed=0)
+    knobs = action_to_override(model.predict(obs, deterministic=True)[0], env.knobs)
+    assert knobs["overlap_score_credit"] == 2.0
+    assert knobs["router_temperature"] == pytest.approx(0.25, abs=0.03)
+    assert knobs["prefill_load_scale"] == pytest.approx(1.0, abs=0.06)
+    assert load_train_config(path).to_yaml_dict()["poa-gym"]["start_knobs"]["router_temperature"] == 0.25
 
 
 def test_rl_zoo_trains_from_our_file(tmp_path):

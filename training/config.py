@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import yaml
 
 from envs.disagg_env import ENV_ID, EnvConfig
+from envs.knobs import DEFAULT_RANGES
 from eval.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "ppo.yaml"
@@ -83,6 +85,8 @@ class TrainConfig:
     seed: int = 0
     save_every_steps: int = 10_000
     start_at_defaults: bool = True
+    # Knob values the initial policy's mean sits on instead of the scenario's (the others keep it).
+    start_knobs: Mapping[str, float] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
@@ -102,6 +106,18 @@ class TrainConfig:
         unknown = sorted(set(self.normalize) - set(VECNORMALIZE_ARGS))
         if unknown:
             raise ValueError(f"normalize: unknown VecNormalize argument(s) {unknown}")
+        self._check_start_knobs()
+
+    def _check_start_knobs(self) -> None:
+        if not isinstance(self.start_knobs, Mapping):
+            raise ValueError("start_knobs: needs a mapping of knob name to value")
+        if self.start_knobs and not self.start_at_defaults:
+            raise ValueError("start_knobs: needs start_at_defaults: true (they replace some defaults)")
+        for name, value in self.start_knobs.items():
+            if name not in DEFAULT_RANGES:
+                raise ValueError(f"start_knobs.{name}: not a knob ({', '.join(DEFAULT_RANGES)})")
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"start_knobs.{name}: needs a finite number >= 0, got {value!r}")
 
     def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with command-line overrides (None leaves a field as it is)."""
@@ -125,6 +141,7 @@ class TrainConfig:
             "seed": self.seed,
             "save_every_steps": self.save_every_steps,
             "start_at_defaults": self.start_at_defaults,
+            "start_knobs": _plain(self.start_knobs),
             "eval": evaluation,
         }
         return {ENV_ID: zoo, OURS: ours}
@@ -181,7 +198,7 @@ def _from_sections(zoo: dict[str, Any], ours: dict[str, Any]) -> TrainConfig:
     if isinstance(zoo.get("policy_kwargs"), str):
         zoo["policy_kwargs"] = _literal("policy_kwargs", zoo["policy_kwargs"])
     values["ppo"] = zoo
-    known = ("seed", "save_every_steps", "start_at_defaults", "eval")
+    known = ("seed", "save_every_steps", "start_at_defaults", "start_knobs", "eval")
     unknown = sorted(set(ours) - set(known))
     if unknown:
         raise ValueError(f"{OURS}: unknown field(s) {unknown} (known: {', '.join(known)})")

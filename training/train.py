@@ -150,16 +150,20 @@ def _model(config: TrainConfig, venv: Any, out_dir: Path, snapshot: Path | None)
 
 
 def _start_at_defaults(model: Any, config: TrainConfig) -> None:
-    """Centre the initial Gaussian on the scenario's own knobs (Dynamo's defaults) instead of the
-    middle of the ranges: the first rollouts then explore around what operators run today, and
-    PPO need not spend its budget walking back from a poor setting (temperature 0.5, say)."""
+    """Centre the initial Gaussian on the scenario's own knobs (Dynamo's defaults), or on
+    `start_knobs` where named, instead of the middle of the ranges: the first rollouts then explore
+    around a known setting, and PPO need not spend its budget walking back from a poor one
+    (temperature 0.5, say)."""
     import torch
 
     from agents.base import PolicyContext
     from envs.disagg_env import DisaggRoutingEnv
 
     context = PolicyContext.from_env(DisaggRoutingEnv(dict(config.env)))
-    action = context.action_for({})
+    try:
+        action = context.action_for(config.start_knobs)
+    except ValueError as error:
+        raise UserError(f"start_knobs: {error}") from None
     with torch.no_grad():  # SB3 initialises action_net with gain 0.01, so the bias is the mean
         model.policy.action_net.bias.copy_(torch.as_tensor(action, dtype=torch.float32))
 
