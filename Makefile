@@ -33,7 +33,7 @@ test: dynamo
 	$(VENV)/bin/pytest
 
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -m "not dynamo"
+	$(VENV)/bin/pytest -m "not dynamo and not live"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -23,7 +23,7 @@ from rich.table import Table
 from envs.scenarios import ScenarioError, load_scenario, preset_names
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
-from eval import eval_cli, profile_cli, regimes_cli, sweep_cli
+from eval import dynamo_cli, eval_cli, profile_cli, regimes_cli, sweep_cli
 from eval.errors import UserError
 from eval.runner import run_scenario
 from training import export_cli, train_cli
@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     regimes_cli.add_parser(commands)
     train_cli.add_parser(commands)
     export_cli.add_parser(commands)
+    dynamo_cli.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,251 @@
+"""The knob router: puts the agent's knobs on every request that a live Dynamo 1.6.1 routes.
+
+Dynamo 1.6.1 takes `router_config_override` (`overlap_score_credit`, `prefill_load_scale`,
+`router_temperature`) only through its Python router API, not over HTTP (the frontend answers
+400 `Unsupported parameter(s)`). So this component registers with the frontend in place of the
+tier the knobs act on (the aggregated workers, or the prefill workers of a disaggregated
+deployment), and forwards each preprocessed request through an in-process `dynamo.llm.KvRouter`
+over the real workers, with the current knobs as the request's override. The KvRouter is
+Dynamo's own: it scores workers with the same cost function, the same KV-event index and the same
+load bookkeeping as the frontend's embedded router. The real workers register under a model name
+the clients do not use (`<model>--workers`), so the frontend routes only to this component.
+
+Its control server (127.0.0.1 by default) serves `GET /knobs`, `PUT /knobs` (bearer token),
+`GET /metrics` (Prometheus text: the knobs, requests and prompt/cached tokens per real worker,
+forward errors) and `GET /health`. The live environment and the sidecar set knobs through it.
+
+Run as `python -m envs.live.knob_router --config FILE.json` (`poa-gym dynamo up` writes the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import math
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+KNOB_NAMES = ("overlap_score_credit", "prefill_load_scale", "router_temperature")
+TOKEN_ENV = "POA_GYM_CONTROL_TOKEN"
+ROLES = ("aggregated", "prefill")
+
+
+@dataclass(frozen=True, slots=True)
+class KnobRouterConfig:
+    """Where the knob router sits and what it forwards to; validated on construction."""
+
+    model_name: str
+    model_path: str
+    role: str  # "aggregated" or "prefill": the tier it stands in for
+    serve_endpoint: str  # namespace.component.endpoint it registers at
+    upstream_endpoint: str  # the real workers' namespace.component.endpoint
+    block_size: int
+    kv_router: Mapping[str, Any] = field(default_factory=dict)  # KvRouterConfig keyword arguments
+    knobs: Mapping[str, float] = field(default_factory=dict)  # the initial override
+    control_host: str = "127.0.0.1"
+    control_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role: must be one of {ROLES}, got {self.role!r}")
+        for name in ("serve_endpoint", "upstream_endpoint"):
+            if len(str(getattr(self, name)).split(".")) != 3:
+                raise ValueError(f"{name}: needs namespace.component.endpoint")
+        if self.block_size < 1 or not 0 <= self.control_port < 65536:
+            raise ValueError("block_size >= 1 and control_port in [0, 65535]")
+        validate_knobs(self.knobs)
+
+    @classmethod
+    def from_file(cls, path: Path) -> KnobRouterConfig:
+        return cls(**json.loads(path.read_text()))
+
+
+def validate_knobs(knobs: Mapping[str, Any]) -> dict[str, float]:
+    """Dynamo's own rules for an override: known names, finite, >= 0 (raises ValueError)."""
+    unknown = sorted(set(knobs) - set(KNOB_NAMES))
+    if unknown:
+        raise ValueError(f"unknown knob(s) {unknown}; known: {', '.join(KNOB_NAMES)}")
+    clean = {}
+    for name, value in knobs.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{name}: needs a finite number, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{name}: must be >= 0, got {value}")
+        clean[name] = float(value)
+    return clean
+
+
+class RoutingLedger:
+    """The knobs in force and what was routed under them, as Prometheus metrics."""
+
+    def __init__(self, knobs: Mapping[str, float]) -> None:
+        self.knobs = dict(knobs)
+        self.registry = CollectorRegistry()
+        self._knob = Gauge("poa_gym_router_knob", "knob value in force", ["knob"], registry=self.registry)
+        self._requests = Counter(
+            "poa_gym_router_requests",
+            "requests routed, by real worker",
+            ["worker_id"],
+            registry=self.registry,
+        )
+        self._prompt = Counter(
+            "poa_gym_router_prompt_tokens", "prompt tokens routed", ["worker_id"], registry=self.registry
+        )
+        self._cached = Counter(
+            "poa_gym_router_cached_tokens",
+            "prompt tokens the worker found in its prefix cache",
+            ["worker_id"],
+            registry=self.registry,
+        )
+        self._errors = Counter(
+            "poa_gym_router_forward_errors", "requests that failed", registry=self.registry
+        )
+        self._updates = Counter(
+            "poa_gym_router_knob_updates", "accepted knob changes", registry=self.registry
+        )
+        self._show_knobs()
+
+    def set_knobs(self, knobs: Mapping[str, Any]) -> dict[str, float]:
+        self.knobs.update(validate_knobs(knobs))
+        self._updates.inc()
+        self._show_knobs()
+        return dict(self.knobs)
+
+    def _show_knobs(self) -> None:
+        for name, value in self.knobs.items():
+            self._knob.labels(knob=name).set(value)
+
+    def record(self, worker_id: int, prompt_tokens: int, cached_tokens: int) -> None:
+        label = str(worker_id)
+        self._requests.labels(worker_id=label).inc()
+        self._prompt.labels(worker_id=label).inc(prompt_tokens)
+        self._cached.labels(worker_id=label).inc(cached_tokens)
+
+    def record_error(self) -> None:
+        self._errors.inc()
+
+    def metrics_text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def routing_outcome(output: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    """(real worker id, prompt tokens, cached tokens) from a KvRouter output that carries them."""
+    routing = output.get("routing_data") or {}
+    worker = (routing.get("worker_id") or {}).get("prefill_worker_id")
+    usage = output.get("completion_usage") or {}
+    if worker is None or "prompt_tokens" not in usage:
+        return None
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    return int(worker), int(usage["prompt_tokens"]), int(cached)
+
+
+class KnobRouter:
+    """Forwards preprocessed requests through Dynamo's KvRouter with the current override."""
+
+    def __init__(self, kv_router: Any, ledger: RoutingLedger) -> None:
+        self._kv_router = kv_router
+        self.ledger = ledger
+
+    async def generate(self, request: Mapping[str, Any], context: Any = None) -> AsyncIterator[Any]:
+        forwarded = dict(request)
+        forwarded["router_config_override"] = {
+            **(request.get("router_config_override") or {}),
+            **self.ledger.knobs,
+        }
+        recorded = False
+        try:
+            async for output in await self._kv_router.generate_from_request(forwarded):
+                if not recorded:
+                    outcome = routing_outcome(output)
+                    if outcome is not None:
+                        self.ledger.record(*outcome)
+                        recorded = True
+                yield output
+        except Exception:
+            self.ledger.record_error()
+            raise
+
+
+def control_app(ledger: RoutingLedger, token: str, num_workers: Callable[[], int] = lambda: 0) -> Any:
+    """The aiohttp app of the control server (knobs, metrics, health with the real workers seen)."""
+    from aiohttp import web
+
+    async def get_knobs(_: web.Request) -> web.Response:
+        return web.json_response(ledger.knobs)
+
+    async def put_knobs(request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if not token or not hmac.compare_digest(given.encode(), token.encode()):
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object of knob values")
+            return web.json_response(ledger.set_knobs(body))
+        except (ValueError, json.JSONDecodeError) as error:
+            return web.json_response({"error": str(error)}, status=400)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=ledger.metrics_text(), content_type="text/plain")
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "num_workers": num_workers(), "knobs": ledger.knobs})
+
+    app = web.Application()
+    routes = [web.get("/knobs", get_knobs), web.put("/knobs", put_knobs), web.get("/metrics", metrics)]
+    app.add_routes([*routes, web.get("/health", health)])
+    return app
+
+
+async def serve(config: KnobRouterConfig, token: str) -> None:
+    from aiohttp import web
+    from dynamo.common.utils.runtime import create_runtime
+    from dynamo.llm import KvRouter, KvRouterConfig, ModelInput, ModelType, WorkerType, register_model
+
+    runtime, _ = create_runtime("file", "tcp")
+    kv_router = KvRouter(
+        runtime.endpoint(config.upstream_endpoint), config.block_size, KvRouterConfig(**config.kv_router)
+    )
+    workers = await runtime.endpoint(config.upstream_endpoint).client()
+    ledger = RoutingLedger(config.knobs)
+    runner = web.AppRunner(control_app(ledger, token, lambda: len(workers.instance_ids())))
+    await runner.setup()
+    await web.TCPSite(runner, config.control_host, config.control_port).start()
+    endpoint = runtime.endpoint(config.serve_endpoint)
+    if config.role == "prefill":
+        model_type, worker_type, needs = ModelType.Empty, WorkerType.Prefill, [[WorkerType.Decode]]
+    else:
+        model_type, worker_type, needs = ModelType.Chat | ModelType.Completions, WorkerType.Aggregated, None
+    await register_model(
+        ModelInput.Tokens,
+        model_type,
+        endpoint,
+        config.model_path,
+        config.model_name,
+        worker_type=worker_type,
+        kv_cache_block_size=config.block_size,
+        needs=needs,
+    )
+    await endpoint.serve_endpoint(KnobRouter(kv_router, ledger).generate)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvloop
+
+    parser = argparse.ArgumentParser(
+        prog="python -m envs.live.knob_router", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--config", required=True, type=Path, help="the JSON file `poa-gym dynamo up` wrote")
+    args = parser.parse_args(argv)
+    config = KnobRouterConfig.from_file(args.config)
+    uvloop.run(serve(config, os.environ.get(TOKEN_ENV, "")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""What a local Dynamo deployment of a scenario runs: the processes and their exact command lines.
+
+Pure (no processes, no files): `envs.live.deploy` starts what this plans. The deployment is
+Dynamo 1.6.1 on loopback with file discovery, the TCP request plane and ZMQ events:
+
+* the scenario's workers as `dynamo.mocker` processes (one process per tier, `--num-workers N`),
+  with the scenario's engine (blocks, batch budgets, prefix caching, chunked prefill, preemption),
+  its timing (the mocker's polynomial, or the scenario's profile exported as a mocker NPZ) and its
+  KV-transfer link; `speedup` divides every modelled duration, as the mocker's `--speedup-ratio`;
+* the knob router (`envs.live.knob_router`) in front of the tier the knobs act on (aggregated
+  workers, or prefill workers); the real workers of that tier register as `<model>--workers`;
+* `dynamo.frontend` with the KV router and the scenario's router settings (in a disaggregated
+  deployment it routes the decode stage itself, load-only, as Dynamo 1.6.1 forces).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envs.sim.config import EngineConfig, ScenarioConfig
+
+WORKER_SUFFIX = "--workers"
+HIDDEN_NAMESPACE = "poagym"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    name: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LivePlan:
+    """The processes in start order, and what clients and controllers connect to."""
+
+    processes: tuple[ProcessSpec, ...]
+    model_name: str
+    http_port: int
+    control_port: int
+    knob_router: dict[str, Any]  # `KnobRouterConfig`'s fields
+
+    @property
+    def frontend_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanInputs:
+    """The scenario and the machine-specific choices (ports, paths) a plan needs."""
+
+    scenario: ScenarioConfig
+    model_path: Path
+    model_name: str
+    http_port: int
+    control_port: int
+    bootstrap_ports: tuple[int, ...]
+    knob_router_config_path: Path
+    profile_npz: Path | None = None
+    speedup: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.speedup > 0:
+            raise ValueError(f"speedup: must be > 0, got {self.speedup}")
+        if self.scenario.router.router_semantics != "dynamo-1.6":
+            raise ValueError("a live deployment runs Dynamo 1.6.1: set router.router_semantics=dynamo-1.6")
+        if self.scenario.router.mode != "kv":
+            raise ValueError(
+                f"router.mode: a live deployment uses Dynamo's KV router, not {self.scenario.router.mode!r}"
+            )
+        if self.scenario.timing.kind == "profile" and self.profile_npz is None:
+            raise ValueError("a profile-timed scenario needs its profile exported as an NPZ")
+        if (
+            self.scenario.topology.mode == "disagg"
+            and len(self.bootstrap_ports) != self.scenario.topology.num_prefill_workers
+        ):
+            raise ValueError("one bootstrap port per prefill worker")
+
+
+def plan_deployment(inputs: PlanInputs) -> LivePlan:
+    scenario = inputs.scenario
+    if scenario.topology.mode == "agg":
+        tier, role, upstream = "agg", "aggregated", f"{HIDDEN_NAMESPACE}.workers.generate"
+        serve, workers = "dynamo.knobs.generate", [_mocker(inputs, "agg", upstream, WORKER_SUFFIX)]
+    else:
+        tier, role, upstream = "prefill", "prefill", f"{HIDDEN_NAMESPACE}.prefill.generate"
+        serve = "dynamo.knobs.generate"
+        workers = [_mocker(inputs, "prefill", upstream, WORKER_SUFFIX), _mocker(inputs, "decode", None, "")]
+    engine = scenario.engine_for(tier)
+    knob_router = {
+        "model_name": inputs.model_name,
+        "model_path": str(inputs.model_path),
+        "role": role,
+        "serve_endpoint": serve,
+        "upstream_endpoint": upstream,
+        "block_size": engine.block_size,
+        "kv_router": kv_router_fields(scenario),
+        "knobs": scenario_knobs(scenario),
+        "control_port": inputs.control_port,
+    }
+    router = ProcessSpec(
+        "knob-router",
+        (sys.executable, "-m", "envs.live.knob_router", "--config", str(inputs.knob_router_config_path)),
+    )
+    processes = (*workers, router, _frontend(inputs))
+    return LivePlan(processes, inputs.model_name, inputs.http_port, inputs.control_port, knob_router)
+
+
+def scenario_knobs(scenario: ScenarioConfig) -> dict[str, float]:
+    router = scenario.router
+    return {
+        "overlap_score_credit": router.overlap_score_credit,
+        "prefill_load_scale": router.prefill_load_scale,
+        "router_temperature": router.router_temperature,
+    }
+
+
+def kv_router_fields(scenario: ScenarioConfig) -> dict[str, Any]:
+    """The scenario's router as `dynamo.llm.KvRouterConfig` keyword arguments."""
+    router = scenario.router
+    return {
+        **scenario_knobs(scenario),
+        "overlap_score_credit_decay": router.overlap_score_credit_decay,
+        "decode_active_request_weight": router.decode_active_request_weight,
+        "router_assume_kv_reuse": router.assume_kv_reuse,
+        "router_track_prefill_tokens": router.track_prefill_tokens,
+        "router_track_active_blocks": router.track_active_blocks,
+    }
+
+
+def _mocker(inputs: PlanInputs, tier: str, endpoint: str | None, suffix: str) -> ProcessSpec:
+    scenario = inputs.scenario
+    topology = scenario.topology
+    count = {"agg": topology.num_workers, "prefill": topology.num_prefill_workers}.get(
+        tier, topology.num_decode_workers
+    )
+    argv = [sys.executable, "-m", "dynamo.mocker", "--model-path", str(inputs.model_path)]
+    argv += ["--model-name", inputs.model_name + suffix, "--num-workers", str(count)]
+    argv += ["--discovery-backend", "file", "--request-plane", "tcp"]
+    if endpoint is not None:
+        argv += ["--endpoint", f"dyn://{endpoint}"]
+    argv += _engine_flags(scenario.engine_for(tier)) + _timing_flags(inputs)
+    if tier != "agg":
+        argv += ["--disaggregation-mode", tier]
+    if tier == "prefill":
+        argv += ["--bootstrap-ports", ",".join(str(port) for port in inputs.bootstrap_ports)]
+        argv += ["--kv-transfer-bandwidth", f"{topology.kv_transfer.bandwidth_gbps:g}"]
+        argv += ["--kv-bytes-per-token", str(round(scenario.model.kv_bytes_per_token))]
+    return ProcessSpec(f"{tier}-workers", tuple(argv))
+
+
+def _engine_flags(engine: EngineConfig) -> list[str]:
+    flags = ["--block-size", str(engine.block_size), "--num-gpu-blocks-override", str(engine.num_gpu_blocks)]
+    flags += [
+        "--max-num-seqs",
+        str(engine.max_num_seqs),
+        "--max-num-batched-tokens",
+        str(engine.max_num_batched_tokens),
+    ]
+    flags += ["--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching"]
+    flags += ["--enable-chunked-prefill" if engine.enable_chunked_prefill else "--no-enable-chunked-prefill"]
+    return [*flags, "--preemption-mode", engine.preemption_mode]
+
+
+def _timing_flags(inputs: PlanInputs) -> list[str]:
+    timing = inputs.scenario.timing
+    flags = ["--speedup-ratio", f"{timing.speedup_ratio * inputs.speedup:g}"]
+    flags += ["--decode-speedup-ratio", f"{timing.decode_speedup_ratio:g}"]
+    if inputs.profile_npz is not None:
+        flags += ["--planner-profile-data", str(inputs.profile_npz)]
+    return flags
+
+
+def _frontend(inputs: PlanInputs) -> ProcessSpec:
+    router = inputs.scenario.router
+    argv = [
+        sys.executable,
+        "-m",
+        "dynamo.frontend",
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        str(inputs.http_port),
+    ]
+    argv += ["--discovery-backend", "file", "--request-plane", "tcp", "--router-mode", "kv"]
+    argv += ["--router-kv-overlap-score-credit", f"{router.overlap_score_credit:g}"]
+    argv += ["--router-kv-overlap-score-credit-decay", f"{router.overlap_score_credit_decay:g}"]
+    argv += ["--router-prefill-load-scale", f"{router.prefill_load_scale:g}"]
+    argv += ["--router-decode-active-request-weight", f"{router.decode_active_request_weight:g}"]
+    argv += ["--router-temperature", f"{router.router_temperature:g}"]
+    return ProcessSpec("frontend", tuple(argv))
