@@ -10,6 +10,12 @@ Dynamo's own: it scores workers with the same cost function, the same KV-event i
 load bookkeeping as the frontend's embedded router. The real workers register under a model name
 the clients do not use (`<model>--workers`), so the frontend routes only to this component.
 
+Known limit (measured, `tests/test_live.py`): the installed ai-dynamo-runtime 1.6.1 `KvRouter`
+ignores a per-request override in both `best_worker` and `generate_from_request` (credit 0,
+scale 0 and temperature 5 all leave a cached prefix on its worker), while the same values set in
+`KvRouterConfig` do act. Until that is resolved, the knobs are recorded and exposed here but do
+not change routing.
+
 Its control server (127.0.0.1 by default) serves `GET /knobs`, `PUT /knobs` (bearer token),
 `GET /metrics` (Prometheus text: the knobs, requests and prompt/cached tokens per real worker,
 forward errors) and `GET /health`. The live environment and the sidecar set knobs through it.
