@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from envs.live.client import prompt_text, routed_counts, run_prompts
-from envs.live.deploy import Deployment, _alive, down, dynamo_installed, status, up
+from envs.live.deploy import Deployment, _alive, down, dynamo_environment, dynamo_installed, status, up
 from envs.scenarios import load_scenario
+from tests.live_oracle import NUM_QUERIES
 
 pytestmark = [
     pytest.mark.live,
@@ -25,23 +29,37 @@ pytestmark = [
 ]
 
 
-def _deploy(tmp_path_factory: pytest.TempPathFactory, scenario: str, overrides: list[str]):
-    workdir = tmp_path_factory.mktemp(scenario)
+DEPLOYMENTS = {
+    "agg": ("agg-4w-prefix", []),
+    "1p2d": ("llama70b-b200-1p2d", ["router.router_semantics=dynamo-1.6"]),
+    # Three prefill workers: the disaggregated tier where the knobs have a choice to make.
+    "3p3d": ("llama70b-b200-3p3d-multiturn", []),
+}
+
+
+@dataclass(frozen=True)
+class Live:
+    name: str
+    deployment: Deployment
+
+    @property
+    def has_choice(self) -> bool:
+        return self.name != "1p2d"  # one prefill worker: every rule picks it
+
+
+@pytest.fixture(scope="module", params=list(DEPLOYMENTS))
+def live(request, tmp_path_factory):
+    """One deployment at a time (pytest groups the tests by this parameter): each holds ~35
+    inotify instances, and Linux's default per-user limit is 128."""
+    scenario, overrides = DEPLOYMENTS[request.param]
+    workdir = tmp_path_factory.mktemp(request.param)
     config, _ = load_scenario(scenario, overrides)
     deployment = up(config, workdir, speedup=4.0, timeout_s=120)
-    yield deployment
-    down(workdir)
-    assert not any(_alive(p) for p in deployment.processes)
-
-
-@pytest.fixture(scope="module")
-def agg(tmp_path_factory):
-    yield from _deploy(tmp_path_factory, "agg-4w-prefix", [])
-
-
-@pytest.fixture(scope="module")
-def disagg(tmp_path_factory):
-    yield from _deploy(tmp_path_factory, "llama70b-b200-1p2d", ["router.router_semantics=dynamo-1.6"])
+    try:
+        yield Live(request.param, deployment)
+    finally:
+        down(workdir)
+        assert not any(_alive(p) for p in deployment.processes)
 
 
 def _counts(deployment: Deployment) -> dict[str, dict[str, float]]:
@@ -71,9 +89,8 @@ def _delta(after: dict, before: dict, key: str) -> dict[str, float]:
     return {w: v - before[key].get(w, 0.0) for w, v in after[key].items() if v - before[key].get(w, 0.0)}
 
 
-@pytest.mark.parametrize("fixture", ["agg", "disagg"])
-def test_every_request_is_routed_once_with_exact_tokens(fixture, request):
-    deployment = request.getfixturevalue(fixture)
+def test_every_request_is_routed_once_with_exact_tokens(live):
+    deployment = live.deployment
     assert status(Path(deployment.workdir))["models"].count(deployment.model_name) == 1
     prompts = [prompt_text(group, i, 640, 100) for group in range(6) for i in range(3)]
     before = _counts(deployment)
@@ -82,48 +99,86 @@ def test_every_request_is_routed_once_with_exact_tokens(fixture, request):
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     assert sum(_delta(after, before, "requests").values()) == len(prompts)
     assert sum(_delta(after, before, "prompt_tokens").values()) == 740 * len(prompts)
+    assert after["pin_misses"] == after["forward_errors"] == {"": 0.0}
 
 
-def test_repeated_prefix_hits_the_cache_block_for_block(agg):
-    """Sent one at a time, each repeat of a 640-token prefix finds its 10 blocks (block 64)."""
-    before = _counts(agg)
-    for i in range(4):
-        assert _send(agg, [prompt_text(900, i, 640, 100)], concurrency=1)[0].ok
-    after = _counts(agg)
-    assert (
-        _delta(after, before, "cached_tokens")
-        and sum(_delta(after, before, "cached_tokens").values()) == 3 * 640
-    )
-
-
-def test_control_endpoint_needs_the_token_and_valid_knobs(agg):
-    assert _put_knobs(agg, {"router_temperature": 0.5}, token="wrong")[0] == 401
-    code, body = _put_knobs(agg, {"router_temperatur": 0.5})
+def test_control_endpoint_needs_the_token_and_valid_knobs(live):
+    deployment = live.deployment
+    assert _put_knobs(deployment, {"router_temperature": 0.5}, token="wrong")[0] == 401
+    code, body = _put_knobs(deployment, {"router_temperatur": 0.5})
     assert code == 400 and "router_temperatur" in body["error"]
-    assert _put_knobs(agg, {"prefill_load_scale": -1})[0] == 400
-    code, body = _put_knobs(agg, {"router_temperature": 0.25})
+    assert _put_knobs(deployment, {"prefill_load_scale": -1})[0] == 400
+    code, body = _put_knobs(deployment, {"router_temperature": 0.25})
     assert code == 200 and body["router_temperature"] == 0.25
     assert (
         'poa_gym_router_knob{knob="router_temperature"} 0.25'
-        in urllib.request.urlopen(agg.control_url + "/metrics").read().decode()
+        in urllib.request.urlopen(deployment.control_url + "/metrics").read().decode()
     )
-    _put_knobs(agg, {"router_temperature": 0.0})
+    _put_knobs(deployment, {"router_temperature": 0.0})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the installed ai-dynamo-runtime 1.6.1 KvRouter ignores a per-request router_config_override "
-    "(best_worker and generate_from_request); knobs set in KvRouterConfig do act",
-)
-def test_temperature_override_spreads_a_repeated_prefix(agg):
+def test_temperature_spreads_a_repeated_prefix(live):
     """Temperature 5 over min-max-normalised costs gives every worker >= 0.2 of the picks, so 12
-    repeats of one prefix all landing on one worker has probability < 1e-8 if the override acts."""
-    _put_knobs(agg, {"router_temperature": 5.0})
+    repeats of one prefix all landing on one worker has probability < 1e-8 if the knob acts; at
+    temperature 0 they all go to the worker that caches the prefix."""
+    if not live.has_choice:
+        pytest.skip("one prefill worker: nothing to spread over")
+    spread = _workers_of_repeats(live.deployment, 901, {"router_temperature": 5.0})
+    sticky = _workers_of_repeats(live.deployment, 902, {"router_temperature": 0.0})
+    assert len(spread) > 1 and len(sticky) == 1, (spread, sticky)
+
+
+def _workers_of_repeats(deployment: Deployment, group: int, knobs: dict) -> dict[str, float]:
+    assert _put_knobs(deployment, knobs)[0] == 200
     try:
-        before = _counts(agg)
+        before = _counts(deployment)
         for i in range(12):
-            _send(agg, [prompt_text(901, i, 640, 100)], concurrency=1)
-        workers = _delta(_counts(agg), before, "requests")
+            assert _send(deployment, [prompt_text(group, i, 640, 100)], concurrency=1)[0].ok
+        return _delta(_counts(deployment), before, "requests")
     finally:
-        _put_knobs(agg, {"router_temperature": 0.0})
-    assert len(workers) > 1, workers
+        _put_knobs(deployment, {"router_temperature": 0.0, "overlap_score_credit": 1.0})
+
+
+def test_credit_zero_loses_the_prefix_cache(live):
+    """6 prefixes x 4 repeats, one at a time: with the credit at 1 every repeat finds its prefix
+    (18 x 640 cached tokens); at 0 the router ignores the cache and idle workers tie, so a repeat
+    lands on its prefix's worker by chance only (1 in 4 on agg, 1 in 3 on 3 prefill workers, and
+    always on 1P/2D's single prefill worker, where the credit has nothing to choose)."""
+    deployment = live.deployment
+    rates = {}
+    for credit, base in ((1.0, 2000), (0.0, 3000)):
+        assert _put_knobs(deployment, {"overlap_score_credit": credit})[0] == 200
+        before = _counts(deployment)
+        for i in range(4):
+            prompts = [prompt_text(base + g, i, 640, 100) for g in range(6)]
+            assert all(r.ok for r in _send(deployment, prompts, concurrency=1))
+        after = _counts(deployment)
+        cached = sum(_delta(after, before, "cached_tokens").values())
+        rates[credit] = cached / sum(_delta(after, before, "prompt_tokens").values())
+    _put_knobs(deployment, {"overlap_score_credit": 1.0})
+    assert rates[1.0] == pytest.approx(18 * 640 / (24 * 740))
+    if not live.has_choice:
+        assert rates[0.0] == rates[1.0]
+    else:
+        assert rates[0.0] < 0.7 * rates[1.0], rates
+
+
+def test_choices_match_dynamos_own_router(live):
+    """The knob router's pricing (`envs.live.scoring`) against Dynamo's KvRouter with the same
+    knobs in its config, on the same live state (`tests/live_oracle.py`)."""
+    if not live.has_choice:
+        pytest.skip("one prefill worker: every choice is the same")
+    deployment = live.deployment
+    env = dynamo_environment(Path(deployment.workdir))
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("live_oracle.py")), deployment.workdir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(hits == NUM_QUERIES for hits, _, _ in results.values()), results
+    assert sum(unique for _, unique, _ in results.values()) >= 3 * NUM_QUERIES, results
+    assert sum(contrary for _, _, contrary in results.values()) >= NUM_QUERIES, results

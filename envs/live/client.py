@@ -74,13 +74,15 @@ async def run_prompts(
 
 def routed_counts(metrics_text: str) -> dict[str, dict[str, float]]:
     """The knob router's counters by real worker: {"requests"|"prompt_tokens"|"cached_tokens":
-    {worker_id: total}}, parsed with prometheus_client's own parser."""
+    {worker_id: total}}, and {"pin_misses"|"forward_errors": {"": total}}, parsed with
+    prometheus_client's own parser."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    wanted = {f"poa_gym_router_{name}_total": name for name in ("requests", "prompt_tokens", "cached_tokens")}
+    names = ("requests", "prompt_tokens", "cached_tokens", "pin_misses", "forward_errors")
+    wanted = {f"poa_gym_router_{name}_total": name for name in names}
     counts: dict[str, dict[str, float]] = {name: {} for name in wanted.values()}
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
             if sample.name in wanted:
-                counts[wanted[sample.name]][sample.labels["worker_id"]] = sample.value
+                counts[wanted[sample.name]][sample.labels.get("worker_id", "")] = sample.value
     return counts

@@ -153,7 +153,7 @@ def _write_token(workdir: Path) -> str:
     return token
 
 
-def _environment(workdir: Path, token: str) -> dict[str, str]:
+def dynamo_environment(workdir: Path, token: str = "") -> dict[str, str]:
     """Loopback-only Dynamo: file discovery under the workdir, TCP requests, ZMQ events."""
     env = dict(os.environ)
     env.update(
@@ -177,7 +177,7 @@ def _environment(workdir: Path, token: str) -> dict[str, str]:
 
 
 def _start(plan: LivePlan, workdir: Path, token: str, log: Callable[[str], None]) -> Deployment:
-    env = _environment(workdir, token)
+    env = dynamo_environment(workdir, token)
     records = []
     for spec in plan.processes:
         log_path = workdir / f"{spec.name}.log"

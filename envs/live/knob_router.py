@@ -1,24 +1,28 @@
-"""The knob router: puts the agent's knobs on every request that a live Dynamo 1.6.1 routes.
+"""The knob router: routes every request of a live Dynamo 1.6.1 with the agent's knobs.
 
 Dynamo 1.6.1 takes `router_config_override` (`overlap_score_credit`, `prefill_load_scale`,
 `router_temperature`) only through its Python router API, not over HTTP (the frontend answers
-400 `Unsupported parameter(s)`). So this component registers with the frontend in place of the
-tier the knobs act on (the aggregated workers, or the prefill workers of a disaggregated
-deployment), and forwards each preprocessed request through an in-process `dynamo.llm.KvRouter`
-over the real workers, with the current knobs as the request's override. The KvRouter is
-Dynamo's own: it scores workers with the same cost function, the same KV-event index and the same
-load bookkeeping as the frontend's embedded router. The real workers register under a model name
-the clients do not use (`<model>--workers`), so the frontend routes only to this component.
+400 `Unsupported parameter(s)`), and the installed runtime's `KvRouter` then ignores it (its
+default policy reads the score knobs from its `KvRouterConfig` only; measured). So this component
+registers with the frontend in place of the tier the knobs act on (the aggregated workers, or the
+prefill workers of a disaggregated deployment) and routes each preprocessed request itself:
 
-Known limit (measured, `tests/test_live.py`): the installed ai-dynamo-runtime 1.6.1 `KvRouter`
-ignores a per-request override in both `best_worker` and `generate_from_request` (credit 0,
-scale 0 and temperature 5 all leave a cached prefix on its worker), while the same values set in
-`KvRouterConfig` do act. Until that is resolved, the knobs are recorded and exposed here but do
-not change routing.
+1. It asks an in-process `dynamo.llm.KvRouter` over the real workers for the cost's inputs (each
+   worker's cached prefix from the KV-event index, its booked prefill tokens, decode blocks and
+   requests): Dynamo's own index and load bookkeeping.
+2. It prices them with Dynamo's cost and the current knobs (`envs.live.scoring`, the simulator's
+   formula) and picks a worker.
+3. It sends the request through the same `KvRouter` pinned to that worker's instance id, so the
+   `KvRouter` books it, tracks its prefill and frees it as it does its own choices.
+
+Steps 1-3 hold a lock: two requests never decide on the same snapshot (Dynamo's scheduler decides
+one request at a time too). The real workers register under a model name clients do not use
+(`<model>--workers`), so the frontend routes only to this component.
 
 Its control server (127.0.0.1 by default) serves `GET /knobs`, `PUT /knobs` (bearer token),
 `GET /metrics` (Prometheus text: the knobs, requests and prompt/cached tokens per real worker,
-forward errors) and `GET /health`. The live environment and the sidecar set knobs through it.
+forward errors, pins the workers did not honour) and `GET /health`. The live environment and the
+sidecar set knobs through it.
 
 Run as `python -m envs.live.knob_router --config FILE.json` (`poa-gym dynamo up` writes the file).
 """
@@ -26,6 +30,7 @@ Run as `python -m envs.live.knob_router --config FILE.json` (`poa-gym dynamo up`
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hmac
 import json
 import math
@@ -35,7 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from envs.live.scoring import Choice, choose_worker, knobs_for, worker_states
+from envs.sim.config import RouterConfig
 
 KNOB_NAMES = ("overlap_score_credit", "prefill_load_scale", "router_temperature")
 TOKEN_ENV = "POA_GYM_CONTROL_TOKEN"
@@ -53,6 +62,7 @@ class KnobRouterConfig:
     upstream_endpoint: str  # the real workers' namespace.component.endpoint
     block_size: int
     kv_router: Mapping[str, Any] = field(default_factory=dict)  # KvRouterConfig keyword arguments
+    router: Mapping[str, Any] = field(default_factory=dict)  # the scenario's `router` section
     knobs: Mapping[str, float] = field(default_factory=dict)  # the initial override
     control_host: str = "127.0.0.1"
     control_port: int = 0
@@ -66,6 +76,11 @@ class KnobRouterConfig:
         if self.block_size < 1 or not 0 <= self.control_port < 65536:
             raise ValueError("block_size >= 1 and control_port in [0, 65535]")
         validate_knobs(self.knobs)
+        if self.router.get("mode", "kv") != "kv":
+            raise ValueError("router.mode: the knob router prices Dynamo's KV cost; needs mode kv")
+
+    def router_config(self) -> RouterConfig:
+        return RouterConfig(**self.router)
 
     @classmethod
     def from_file(cls, path: Path) -> KnobRouterConfig:
@@ -112,6 +127,11 @@ class RoutingLedger:
         self._errors = Counter(
             "poa_gym_router_forward_errors", "requests that failed", registry=self.registry
         )
+        self._unpinned = Counter(
+            "poa_gym_router_pin_misses",
+            "requests the workers ran elsewhere than the knob router chose",
+            registry=self.registry,
+        )
         self._updates = Counter(
             "poa_gym_router_knob_updates", "accepted knob changes", registry=self.registry
         )
@@ -133,6 +153,9 @@ class RoutingLedger:
         self._prompt.labels(worker_id=label).inc(prompt_tokens)
         self._cached.labels(worker_id=label).inc(cached_tokens)
 
+    def record_pin_miss(self) -> None:
+        self._unpinned.inc()
+
     def record_error(self) -> None:
         self._errors.inc()
 
@@ -152,30 +175,50 @@ def routing_outcome(output: Mapping[str, Any]) -> tuple[int, int, int] | None:
 
 
 class KnobRouter:
-    """Forwards preprocessed requests through Dynamo's KvRouter with the current override."""
+    """Chooses each request's worker with the current knobs and forwards it there, pinned."""
 
-    def __init__(self, kv_router: Any, ledger: RoutingLedger) -> None:
+    def __init__(
+        self, kv_router: Any, ledger: RoutingLedger, config: KnobRouterConfig, seed: int | None = None
+    ) -> None:
         self._kv_router = kv_router
         self.ledger = ledger
+        self._router = config.router_config()
+        self._block_size = config.block_size
+        self._prefill = config.role == "prefill"
+        self._rng = np.random.default_rng(seed)
+        self._deciding = asyncio.Lock()
+
+    async def choose(self, token_ids: list[int]) -> Choice:
+        loads = await self._kv_router.get_potential_loads(token_ids)
+        overlaps = await self._kv_router.get_overlap_scores(token_ids)
+        isl_tokens = len(token_ids)
+        states = worker_states(loads, overlaps, isl_tokens, self._block_size, self._router.assume_kv_reuse)
+        knobs = knobs_for(self._router, self.ledger.knobs)
+        return choose_worker(states, isl_tokens, self._block_size, knobs, self._router, self._rng)
 
     async def generate(self, request: Mapping[str, Any], context: Any = None) -> AsyncIterator[Any]:
-        forwarded = dict(request)
-        forwarded["router_config_override"] = {
-            **(request.get("router_config_override") or {}),
-            **self.ledger.knobs,
-        }
-        recorded = False
         try:
-            async for output in await self._kv_router.generate_from_request(forwarded):
-                if not recorded:
-                    outcome = routing_outcome(output)
-                    if outcome is not None:
-                        self.ledger.record(*outcome)
-                        recorded = True
+            async with self._deciding:
+                choice = await self.choose(list(request["token_ids"]))
+                stream = await self._kv_router.generate_from_request(self._pinned(request, choice))
+            recorded = False
+            async for output in stream:
+                if not recorded and (outcome := routing_outcome(output)) is not None:
+                    self.ledger.record(*outcome)
+                    if outcome[0] != choice.worker.worker_id:
+                        self.ledger.record_pin_miss()
+                    recorded = True
                 yield output
         except Exception:
             self.ledger.record_error()
             raise
+
+    def _pinned(self, request: Mapping[str, Any], choice: Choice) -> dict[str, Any]:
+        routing = dict(request.get("routing") or {})
+        routing.update(backend_instance_id=choice.worker.worker_id, dp_rank=choice.worker.dp_rank)
+        if self._prefill:
+            routing.update(prefill_worker_id=choice.worker.worker_id, prefill_dp_rank=choice.worker.dp_rank)
+        return {**request, "routing": routing}
 
 
 def control_app(ledger: RoutingLedger, token: str, num_workers: Callable[[], int] = lambda: 0) -> Any:
@@ -215,8 +258,11 @@ async def serve(config: KnobRouterConfig, token: str) -> None:
     from dynamo.llm import KvRouter, KvRouterConfig, ModelInput, ModelType, WorkerType, register_model
 
     runtime, _ = create_runtime("file", "tcp")
+    # The KvRouter only keeps the index and the load books (its own scoring is not used); a
+    # credit above 0 keeps its KV-event index on whatever the scenario's credit is.
+    bookkeeping = {**config.kv_router, "overlap_score_credit": 1.0}
     kv_router = KvRouter(
-        runtime.endpoint(config.upstream_endpoint), config.block_size, KvRouterConfig(**config.kv_router)
+        runtime.endpoint(config.upstream_endpoint), config.block_size, KvRouterConfig(**bookkeeping)
     )
     workers = await runtime.endpoint(config.upstream_endpoint).client()
     ledger = RoutingLedger(config.knobs)
@@ -238,7 +284,7 @@ async def serve(config: KnobRouterConfig, token: str) -> None:
         kv_cache_block_size=config.block_size,
         needs=needs,
     )
-    await endpoint.serve_endpoint(KnobRouter(kv_router, ledger).generate)
+    await endpoint.serve_endpoint(KnobRouter(kv_router, ledger, config).generate)
 
 
 def main(argv: list[str] | None = None) -> None:

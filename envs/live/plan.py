@@ -16,7 +16,7 @@ Dynamo 1.6.1 on loopback with file discovery, the TCP request plane and ZMQ even
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,7 @@ def plan_deployment(inputs: PlanInputs) -> LivePlan:
         "upstream_endpoint": upstream,
         "block_size": engine.block_size,
         "kv_router": kv_router_fields(scenario),
+        "router": asdict(scenario.router),
         "knobs": scenario_knobs(scenario),
         "control_port": inputs.control_port,
     }
