@@ -63,13 +63,15 @@ from envs.knobs import (
     override_to_action,
     router_values,
 )
+from envs.live.backend import LiveBackend, LiveConfig, Unreachable
+from envs.live.knob_router import KNOB_NAMES
 from envs.observation import ObservationBuilder, ObservationConfig
 from envs.reward import ReferenceThroughput, RewardConfig, reward_terms
 from envs.scenarios import load_scenario
 from envs.schedules import ScheduleConfig, concurrency_levels
 from envs.sim.config import LoadStep, ScenarioConfig
 from envs.sim.metrics import summarize
-from envs.sim.run import build_cluster
+from envs.sim.run import build_cluster, random_streams
 from envs.sim.timing import ProfileArrays
 from envs.sim_metrics import SimMetrics
 from eval.poa import PoaParams, estimate_poa, poa_params_for
@@ -90,8 +92,14 @@ class EnvConfig:
     history_len: int = 4
     reward: RewardConfig = field(default_factory=RewardConfig)
     overrides: tuple[str, ...] = ()
+    backend: str = "sim"  # "sim", or "dynamo": a live deployment (`live`)
+    live: LiveConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.backend not in ("sim", "dynamo"):
+            raise ValueError(f"backend: must be 'sim' or 'dynamo', got {self.backend!r}")
+        if self.backend == "dynamo" and len(self.scenarios) != 1:
+            raise ValueError("backend 'dynamo': a deployment runs one scenario; give exactly one")
         if not self.scenarios or not self.schedules:
             raise ValueError("EnvConfig needs at least one scenario and one schedule")
         if not self.interval_s > 0 or self.num_intervals < 1:
@@ -118,6 +126,8 @@ class EnvConfig:
         if isinstance(values.get("reward"), Mapping):
             values["reward"] = RewardConfig(**values["reward"])
         values["overrides"] = tuple(values.get("overrides", ()))
+        if values.get("backend") == "dynamo" and not isinstance(values.get("live"), LiveConfig):
+            values["live"] = LiveConfig(**(values.get("live") or {}))
         return cls(**values)
 
 
@@ -157,6 +167,17 @@ class DisaggRoutingEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.obs_config.size,), np.float32)
         self._builder = ObservationBuilder(self.obs_config)
         self._cluster = None
+        self._live = self._connect(config) if config.backend == "dynamo" else None
+
+    def _connect(self, config: EnvConfig) -> LiveBackend:
+        live = LiveBackend(config.live or LiveConfig())
+        runs = live.endpoints.scenario
+        if runs is not None and runs != self._loaded[0].scenario.name:
+            raise ValueError(
+                f"backend 'dynamo': the deployment runs {runs}, not {self._loaded[0].scenario.name}; "
+                f"start one with `poa-gym dynamo up {self._loaded[0].scenario.name}`"
+            )
+        return live
 
     @property
     def default_values(self) -> dict[str, float]:
@@ -166,6 +187,8 @@ class DisaggRoutingEnv(gym.Env):
     @property
     def records(self) -> tuple:
         """Every request record of the episode so far (evaluation summarises them)."""
+        if self._live is not None:
+            return tuple(self._live_records)
         return tuple(self._cluster.records) if self._cluster is not None else ()
 
     def _load(self, name: str) -> _LoadedScenario:
@@ -190,19 +213,12 @@ class DisaggRoutingEnv(gym.Env):
         schedule = self.config.schedules[int(rng.integers(len(self.config.schedules)))]
         self._levels = concurrency_levels(schedule, self.config.num_intervals, rng)
         scenario = self._episode_scenario(int(rng.integers(2**31 - 1)))
-        self._cluster = build_cluster(scenario, profile=self._active.profile)
-        self._metrics = SimMetrics(self._cluster)
         self._step = 0
-        self._records_seen = 0
-        warmup_s = self.config.warmup_s
-        if warmup_s > self.config.interval_s:
-            self._cluster.env.run(until=warmup_s - self.config.interval_s)
-        self._builder.reset(self._metrics.snapshot())
-        self._cluster.env.run(until=warmup_s)
-        self._records_seen = len(self._cluster.records)
-        self._tokens_seen = self._cluster.num_decode_tokens
         default_action = override_to_action(router_values(scenario.router), self.knobs)
-        observation = self._builder.build(self._metrics.snapshot(), default_action)
+        if self._live is not None:
+            observation = self._reset_live(scenario, default_action)
+        else:
+            observation = self._reset_sim(scenario, default_action)
         info = {
             "feature_names": self.obs_config.feature_names,
             "scenario": scenario.name,
@@ -210,34 +226,56 @@ class DisaggRoutingEnv(gym.Env):
         }
         return observation, info
 
+    def _reset_sim(self, scenario: ScenarioConfig, default_action: np.ndarray) -> np.ndarray:
+        self._cluster = build_cluster(scenario, profile=self._active.profile)
+        self._metrics = SimMetrics(self._cluster)
+        warmup_s = self.config.warmup_s
+        if warmup_s > self.config.interval_s:
+            self._cluster.env.run(until=warmup_s - self.config.interval_s)
+        self._builder.reset(self._metrics.snapshot())
+        self._cluster.env.run(until=warmup_s)
+        self._records_seen = len(self._cluster.records)
+        self._tokens_seen = self._cluster.num_decode_tokens
+        return self._builder.build(self._metrics.snapshot(), default_action)
+
+    def _reset_live(self, scenario: ScenarioConfig, default_action: np.ndarray) -> np.ndarray:
+        live, warmup_s = self._live, self.config.warmup_s
+        live.set_knobs({k: v for k, v in router_values(scenario.router).items() if k in KNOB_NAMES})
+        live.start(scenario, random_streams(scenario.seed)["sessions"], self._levels[0])
+        live.wait_until(warmup_s - self.config.interval_s)
+        self._snapshot = live.snapshot()
+        self._builder.reset(self._snapshot)
+        live.wait_until(warmup_s)
+        self._snapshot = live.snapshot()
+        self._context = live.finished()
+        self._live_records = list(self._context)
+        self._observation = self._builder.build(self._snapshot, default_action)
+        return self._observation
+
     def step(self, action: np.ndarray):
-        if self._cluster is None:
+        if self._cluster is None and self._live is None:
             raise RuntimeError("call reset() before step()")
         action = np.clip(np.asarray(action, dtype=np.float32).reshape(-1), -1.0, 1.0)
         override = action_to_override(action, self.knobs)
-        self._cluster.set_router_override(override)
-        start_s = self._cluster.now_s
-        end_s = start_s + self.config.interval_s
-        self._cluster.env.run(until=end_s)
-        finished = self._cluster.records[self._records_seen :]
-        context = self._cluster.records[max(0, self._records_seen - len(finished)) :]
-        self._records_seen = len(self._cluster.records)
-        observation = self._builder.build(self._metrics.snapshot(), action)
+        start_s = self.config.warmup_s + self._step * self.config.interval_s
+        if self._live is not None:
+            try:
+                observation, finished, context, decode_tok_s = self._step_live(override, action, start_s)
+            except Unreachable as error:
+                return self._observation, 0.0, False, True, {"ended": str(error), "knobs": override}
+        else:
+            observation, finished, context, decode_tok_s = self._step_sim(override, action, start_s)
         poa = estimate_poa(
             context,
             self._active.poa,
             start_s=min((d.time_s for r in finished for d in r.decisions), default=start_s),
         )
-        throughput_rps = len(finished) / self.config.interval_s
-        num_decode_tokens = self._cluster.num_decode_tokens
-        decode_tok_s = (num_decode_tokens - self._tokens_seen) / self.config.interval_s
-        self._tokens_seen = num_decode_tokens
         concurrency = self._levels[self._step]
         # After a load change new clients wait for their prefill before they decode, for any
         # router, so the reference takes the lower of the two levels: no policy is charged for it.
         previous = self._levels[self._step - 1] if self._step else concurrency
         reference_tok_s = 0.0
-        if self.config.reward.throughput_weight:
+        if self.config.reward.throughput_weight and self._live is None:
             reference_tok_s = self._active.reference.at(min(concurrency, previous))
         terms = reward_terms(self.config.reward, poa.poa_hat, list(finished), decode_tok_s, reference_tok_s)
         latency = summarize(finished)
@@ -247,16 +285,53 @@ class DisaggRoutingEnv(gym.Env):
             "knobs": override,
             "concurrency": concurrency,
             "poa_hat": poa.poa_hat,
-            "throughput_rps": throughput_rps,
+            "throughput_rps": len(finished) / self.config.interval_s,
             "decode_tok_s": decode_tok_s,
             "reference_tok_s": reference_tok_s,
             "ttft_p99_s": latency.ttft_p99_s,
             "itl_p99_s": latency.itl_p99_s,
             "num_finished": len(finished),
-            "time_s": end_s,
+            "time_s": start_s + self.config.interval_s,
         }
         truncated = self._step >= self.config.num_intervals
+        if self._live is not None:
+            info["num_failed"] = len(self._live.failures)
+            if self._live.failures and not finished:
+                info["ended"] = f"every request of the interval failed: {self._live.failures[0].error}"
+                truncated = True
         return observation, float(sum(terms.values())), False, truncated, info
+
+    def _step_sim(self, override: dict[str, float], action: np.ndarray, start_s: float):
+        self._cluster.set_router_override(override)
+        self._cluster.env.run(until=start_s + self.config.interval_s)
+        finished = self._cluster.records[self._records_seen :]
+        context = self._cluster.records[max(0, self._records_seen - len(finished)) :]
+        self._records_seen = len(self._cluster.records)
+        observation = self._builder.build(self._metrics.snapshot(), action)
+        num_decode_tokens = self._cluster.num_decode_tokens
+        decode_tok_s = (num_decode_tokens - self._tokens_seen) / self.config.interval_s
+        self._tokens_seen = num_decode_tokens
+        return observation, finished, context, decode_tok_s
+
+    def _step_live(self, override: dict[str, float], action: np.ndarray, start_s: float):
+        live = self._live
+        live.set_knobs(override)
+        live.set_clients(self._levels[self._step])
+        live.wait_until(start_s + self.config.interval_s)
+        snapshot = live.snapshot()
+        finished = live.finished()
+        context, self._context = [*self._context, *finished], finished
+        self._live_records += finished
+        elapsed_s = snapshot.time_s - self._snapshot.time_s
+        decode_tok_s = (snapshot.output_tokens_total - self._snapshot.output_tokens_total) / elapsed_s
+        self._snapshot = snapshot
+        self._observation = self._builder.build(snapshot, action)
+        return self._observation, finished, context, decode_tok_s
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.close()
+        super().close()
 
     # -- episode construction ---------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from envs.live.client import prompt_text, routed_counts, run_prompts
@@ -30,7 +31,7 @@ pytestmark = [
 
 
 DEPLOYMENTS = {
-    "agg": ("agg-4w-prefix", []),
+    "agg": ("agg-4w-prefix", ["workload.num_prefix_groups=64"]),
     "1p2d": ("llama70b-b200-1p2d", ["router.router_semantics=dynamo-1.6"]),
     # Three prefill workers: the disaggregated tier where the knobs have a choice to make.
     "3p3d": ("llama70b-b200-3p3d-multiturn", []),
@@ -140,23 +141,24 @@ def _workers_of_repeats(deployment: Deployment, group: int, knobs: dict) -> dict
 
 
 def test_credit_zero_loses_the_prefix_cache(live):
-    """6 prefixes x 4 repeats, one at a time: with the credit at 1 every repeat finds its prefix
-    (18 x 640 cached tokens); at 0 the router ignores the cache and idle workers tie, so a repeat
-    lands on its prefix's worker by chance only (1 in 4 on agg, 1 in 3 on 3 prefill workers, and
-    always on 1P/2D's single prefill worker, where the credit has nothing to choose)."""
+    """16 prefixes x 2, one request at a time: with the credit at 1 every repeat finds its prefix
+    (16 x 640 cached tokens); at 0 the router ignores the cache and idle workers tie, so a repeat
+    lands on its prefix's worker by chance only: Binomial(16, 1/4) hits on agg, (16, 1/3) on
+    3P/3D, so fewer than 0.7 x 16 with probability > 0.999; always on 1P/2D's single prefill
+    worker, where the credit has nothing to choose."""
     deployment = live.deployment
     rates = {}
     for credit, base in ((1.0, 2000), (0.0, 3000)):
         assert _put_knobs(deployment, {"overlap_score_credit": credit})[0] == 200
         before = _counts(deployment)
-        for i in range(4):
-            prompts = [prompt_text(base + g, i, 640, 100) for g in range(6)]
+        for i in range(2):
+            prompts = [prompt_text(base + g, i, 640, 100) for g in range(16)]
             assert all(r.ok for r in _send(deployment, prompts, concurrency=1))
         after = _counts(deployment)
         cached = sum(_delta(after, before, "cached_tokens").values())
         rates[credit] = cached / sum(_delta(after, before, "prompt_tokens").values())
     _put_knobs(deployment, {"overlap_score_credit": 1.0})
-    assert rates[1.0] == pytest.approx(18 * 640 / (24 * 740))
+    assert rates[1.0] == pytest.approx(16 * 640 / (32 * 740))
     if not live.has_choice:
         assert rates[0.0] == rates[1.0]
     else:
@@ -182,3 +184,76 @@ def test_choices_match_dynamos_own_router(live):
     assert all(hits == NUM_QUERIES for hits, _, _ in results.values()), results
     assert sum(unique for _, unique, _ in results.values()) >= 3 * NUM_QUERIES, results
     assert sum(contrary for _, _, contrary in results.values()) >= NUM_QUERIES, results
+
+
+def _live_env(live: Live, **kwargs):
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the env id)
+
+    scenario, overrides = DEPLOYMENTS[live.name]
+    return gym.make(
+        "PoAGym/DisaggRouting-v0",
+        scenario=scenario,
+        overrides=overrides,
+        backend="dynamo",
+        live={"workdir": live.deployment.workdir},
+        interval_s=4.0,  # 1 s of wall clock at the fixture's 4x speed-up
+        warmup_s=8.0,
+        schedules=[{"kind": "constant", "low": 16, "high": 16}],
+        **kwargs,
+    )
+
+
+def _run_intervals(env, knobs: dict, num_intervals: int) -> tuple[list[np.ndarray], list[dict]]:
+    from envs.knobs import override_to_action
+
+    base = env.unwrapped
+    action = override_to_action({**base.default_values, **knobs}, base.knobs)
+    steps = [env.step(action) for _ in range(num_intervals)]
+    assert not any(info.get("ended") for *_, info in steps), steps[-1][-1]
+    return [obs for obs, *_ in steps], [info for *_, info in steps]
+
+
+def _cheapest_share(records) -> float:
+    """Of the decisions where the workers' costs differed, the share that went to a cheapest
+    worker (counted from the per-request worker ids and the costs the router saw)."""
+    follows = [
+        d.costs[d.candidates.index(d.chosen)] == min(d.costs)
+        for r in records
+        for d in r.decisions
+        if max(d.costs) > min(d.costs)
+    ]
+    return sum(follows) / len(follows) if follows else float("nan")
+
+
+def test_the_environment_drives_the_deployment_and_its_knobs_act(live):
+    """Several control intervals of the environment on the deployment: observations from its
+    /metrics, records joined to the knob router's decisions. On a multi-worker tier the credit
+    moves the measured KV hit rate (64 prefix groups on agg, session histories on 3P/3D: too
+    many to sit on every worker) and the temperature sends requests to workers other than the cheapest."""
+    env = _live_env(live, num_intervals=12)
+    try:
+        _, info = env.reset(seed=3)
+        hit = info["feature_names"].index("kv_hit_rate")
+        phases = {}
+        for name, knobs in (
+            ("credit 0", {"overlap_score_credit": 0.0}),
+            ("credit 1", {"overlap_score_credit": 1.0}),
+            ("hot", {"overlap_score_credit": 1.0, "router_temperature": 1.0}),
+        ):
+            before = len(env.unwrapped.records)
+            observations, infos = _run_intervals(env, knobs, 4)
+            assert all(np.isfinite(o).all() for o in observations)
+            assert sum(i["num_finished"] for i in infos) > 10 and not any(i["num_failed"] for i in infos)
+            phases[name] = (np.mean([o[hit] for o in observations]), env.unwrapped.records[before:])
+    finally:
+        env.close()
+    print(
+        live.name,
+        {k: (round(float(rate), 3), round(_cheapest_share(rs), 3)) for k, (rate, rs) in phases.items()},
+    )
+    if not live.has_choice:
+        return
+    assert phases["credit 0"][0] < 0.8 * phases["credit 1"][0], phases
+    assert _cheapest_share(phases["credit 1"][1]) > 0.9 > 0.8 > _cheapest_share(phases["hot"][1]), phases

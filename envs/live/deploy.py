@@ -45,6 +45,8 @@ class Deployment:
     frontend_url: str
     control_url: str
     processes: list[dict[str, Any]]  # name, pid, argv, log
+    speedup: float = 1.0  # the mockers' speed-up over the hardware they emulate
+    scenario: str | None = None
 
     @classmethod
     def load(cls, workdir: Path) -> Deployment:
@@ -90,7 +92,7 @@ def up(
     plan = plan_deployment(_plan_inputs(scenario, workdir, speedup, http_port, model_name))
     (workdir / "knob_router.json").write_text(json.dumps(plan.knob_router, indent=1) + "\n")
     token = _write_token(workdir)
-    deployment = _start(plan, workdir, token, log)
+    deployment = _start(plan, workdir, token, log, speedup, scenario.name)
     try:
         _wait_ready(deployment, knob_tier_size(scenario), timeout_s)
     except DeploymentError:
@@ -176,7 +178,9 @@ def dynamo_environment(workdir: Path, token: str = "") -> dict[str, str]:
     return env
 
 
-def _start(plan: LivePlan, workdir: Path, token: str, log: Callable[[str], None]) -> Deployment:
+def _start(
+    plan: LivePlan, workdir: Path, token: str, log: Callable[[str], None], speedup: float, scenario: str
+) -> Deployment:
     env = dynamo_environment(workdir, token)
     records = []
     for spec in plan.processes:
@@ -192,7 +196,9 @@ def _start(plan: LivePlan, workdir: Path, token: str, log: Callable[[str], None]
             )
         records.append({"name": spec.name, "pid": process.pid, "argv": list(spec.argv), "log": str(log_path)})
         log(f"started {spec.name} (pid {process.pid})")
-    deployment = Deployment(str(workdir), plan.model_name, plan.frontend_url, plan.control_url, records)
+    deployment = Deployment(
+        str(workdir), plan.model_name, plan.frontend_url, plan.control_url, records, speedup, scenario
+    )
     (workdir / RECORD_FILE).write_text(json.dumps(asdict(deployment), indent=1) + "\n")
     return deployment
 

@@ -35,6 +35,7 @@ import hmac
 import json
 import math
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from envs.live.scoring import Choice, choose_worker, knobs_for, worker_states
+from envs.live.decisions import DecisionLog, LiveDecision
+from envs.live.scoring import Choice, WorkerState, choose_worker, knobs_for, worker_states
 from envs.sim.config import RouterConfig
 
 KNOB_NAMES = ("overlap_score_credit", "prefill_load_scale", "router_temperature")
@@ -135,6 +137,21 @@ class RoutingLedger:
         self._updates = Counter(
             "poa_gym_router_knob_updates", "accepted knob changes", registry=self.registry
         )
+        # The real workers' load under the frontend's own names: the frontend sees only this
+        # component in their place, so the live environment reads the workers' gauges here.
+        labels = ["worker_id", "dp_rank", "worker_type"]
+        self._decode_blocks = Gauge(
+            "dynamo_frontend_worker_active_decode_blocks",
+            "blocks booked on the worker",
+            labels,
+            registry=self.registry,
+        )
+        self._prefill_tokens = Gauge(
+            "dynamo_frontend_worker_active_prefill_tokens",
+            "prefill tokens booked on the worker",
+            labels,
+            registry=self.registry,
+        )
         self._show_knobs()
 
     def set_knobs(self, knobs: Mapping[str, Any]) -> dict[str, float]:
@@ -158,6 +175,14 @@ class RoutingLedger:
 
     def record_error(self) -> None:
         self._errors.inc()
+
+    def show_workers(self, states: list[WorkerState], worker_type: str) -> None:
+        self._decode_blocks.clear()
+        self._prefill_tokens.clear()
+        for state in states:
+            labels = (str(state.worker_id), str(state.dp_rank), worker_type)
+            self._decode_blocks.labels(*labels).set(state.potential_decode_blocks)
+            self._prefill_tokens.labels(*labels).set(state.active_prefill_tokens)
 
     def metrics_text(self) -> bytes:
         return generate_latest(self.registry)
@@ -187,6 +212,16 @@ class KnobRouter:
         self._prefill = config.role == "prefill"
         self._rng = np.random.default_rng(seed)
         self._deciding = asyncio.Lock()
+        self.decisions = DecisionLog()
+
+    async def worker_states(self) -> list[WorkerState]:
+        """Every real worker's booked load (no request: nothing added, nothing cached)."""
+        loads = await self._kv_router.get_potential_loads([])
+        return worker_states(loads, {}, 0, self._block_size, self._router.assume_kv_reuse)
+
+    @property
+    def worker_type(self) -> str:
+        return "prefill" if self._prefill else ""  # Dynamo leaves it empty for aggregated workers
 
     async def choose(self, token_ids: list[int]) -> Choice:
         loads = await self._kv_router.get_potential_loads(token_ids)
@@ -200,6 +235,7 @@ class KnobRouter:
         try:
             async with self._deciding:
                 choice = await self.choose(list(request["token_ids"]))
+                self._log(choice, len(request["token_ids"]), context)
                 stream = await self._kv_router.generate_from_request(self._pinned(request, choice))
             recorded = False
             async for output in stream:
@@ -213,6 +249,25 @@ class KnobRouter:
             self.ledger.record_error()
             raise
 
+    def _log(self, choice: Choice, isl_tokens: int, context: Any) -> None:
+        knobs = self.ledger.knobs
+        self.decisions.append(
+            LiveDecision(
+                self.decisions.next_seq(),
+                time.time(),
+                str(context.id()) if context is not None else "",
+                "prefill" if self._prefill else "agg",
+                choice.worker.worker_id,
+                tuple(s.worker_id for s in choice.states),
+                choice.costs,
+                tuple(s.device_blocks for s in choice.states),
+                isl_tokens,
+                knobs["overlap_score_credit"],
+                knobs["prefill_load_scale"],
+                knobs["router_temperature"],
+            )
+        )
+
     def _pinned(self, request: Mapping[str, Any], choice: Choice) -> dict[str, Any]:
         routing = dict(request.get("routing") or {})
         routing.update(backend_instance_id=choice.worker.worker_id, dp_rank=choice.worker.dp_rank)
@@ -221,9 +276,12 @@ class KnobRouter:
         return {**request, "routing": routing}
 
 
-def control_app(ledger: RoutingLedger, token: str, num_workers: Callable[[], int] = lambda: 0) -> Any:
-    """The aiohttp app of the control server (knobs, metrics, health with the real workers seen)."""
+def control_app(router: KnobRouter, token: str, num_workers: Callable[[], int]) -> Any:
+    """The aiohttp app of the control server: knobs, metrics (with the real workers' load),
+    decisions, and health with the number of real workers seen."""
     from aiohttp import web
+
+    ledger = router.ledger
 
     async def get_knobs(_: web.Request) -> web.Response:
         return web.json_response(ledger.knobs)
@@ -241,14 +299,22 @@ def control_app(ledger: RoutingLedger, token: str, num_workers: Callable[[], int
             return web.json_response({"error": str(error)}, status=400)
 
     async def metrics(_: web.Request) -> web.Response:
+        ledger.show_workers(await router.worker_states(), router.worker_type)
         return web.Response(body=ledger.metrics_text(), content_type="text/plain")
+
+    async def decisions(request: web.Request) -> web.Response:
+        try:
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            return web.json_response({"error": "after: needs an integer sequence number"}, status=400)
+        return web.json_response([d.to_json() for d in router.decisions.after(after)])
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "num_workers": num_workers(), "knobs": ledger.knobs})
 
     app = web.Application()
     routes = [web.get("/knobs", get_knobs), web.put("/knobs", put_knobs), web.get("/metrics", metrics)]
-    app.add_routes([*routes, web.get("/health", health)])
+    app.add_routes([*routes, web.get("/decisions", decisions), web.get("/health", health)])
     return app
 
 
@@ -265,8 +331,8 @@ async def serve(config: KnobRouterConfig, token: str) -> None:
         runtime.endpoint(config.upstream_endpoint), config.block_size, KvRouterConfig(**bookkeeping)
     )
     workers = await runtime.endpoint(config.upstream_endpoint).client()
-    ledger = RoutingLedger(config.knobs)
-    runner = web.AppRunner(control_app(ledger, token, lambda: len(workers.instance_ids())))
+    router = KnobRouter(kv_router, RoutingLedger(config.knobs), config)
+    runner = web.AppRunner(control_app(router, token, lambda: len(workers.instance_ids())))
     await runner.setup()
     await web.TCPSite(runner, config.control_host, config.control_port).start()
     endpoint = runtime.endpoint(config.serve_endpoint)
@@ -284,7 +350,7 @@ async def serve(config: KnobRouterConfig, token: str) -> None:
         kv_cache_block_size=config.block_size,
         needs=needs,
     )
-    await endpoint.serve_endpoint(KnobRouter(kv_router, ledger, config).generate)
+    await endpoint.serve_endpoint(router.generate)
 
 
 def main(argv: list[str] | None = None) -> None:

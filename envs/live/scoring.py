@@ -48,7 +48,8 @@ class WorkerState:
 @dataclass(frozen=True, slots=True)
 class Choice:
     worker: WorkerState
-    costs: tuple[float, ...]  # per worker of `states`, in their order
+    states: tuple[WorkerState, ...]  # every candidate, in a fixed order
+    costs: tuple[float, ...]  # per candidate
 
 
 def worker_states(
@@ -104,7 +105,7 @@ def choose_worker(
     new_blocks = [0] * len(states)
     costs = kv_costs(loads, overlaps, new_blocks, isl_tokens, block_size, knobs, router, tiers)
     index = select_index(costs, knobs.router_temperature, rng)
-    return Choice(states[index], tuple(costs))
+    return Choice(states[index], tuple(states), tuple(costs))
 
 
 def knobs_for(router: RouterConfig, values: Mapping[str, float]) -> Knobs:
