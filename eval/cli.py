@@ -23,7 +23,7 @@ from rich.table import Table
 from envs.scenarios import ScenarioError, load_scenario, preset_names
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
-from eval import dynamo_cli, eval_cli, profile_cli, regimes_cli, sweep_cli
+from eval import dynamo_cli, eval_cli, live_check_cli, profile_cli, regimes_cli, sweep_cli
 from eval.errors import UserError
 from eval.runner import run_scenario
 from training import export_cli, train_cli
@@ -80,9 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     scen = commands.add_parser("scenarios", help="list the preset scenarios")
     scen.set_defaults(handler=_cmd_scenarios)
 
-    cross = commands.add_parser("crosscheck", help="compare with Dynamo's offline replay on a grid")
+    cross = commands.add_parser(
+        "crosscheck",
+        help="compare with Dynamo's offline replay on a grid, or with a live deployment (--live)",
+    )
     cross.add_argument("--grid", default="default", help="grid name: default (24 cases) or smoke (4)")
     cross.add_argument("--json", action="store_true")
+    live_check_cli.add_arguments(cross)
     cross.set_defaults(handler=_cmd_crosscheck)
 
     bench = commands.add_parser("bench", help="simulated requests per wall-second, ours vs dynamo.replay")
@@ -255,6 +259,8 @@ def _cmd_crosscheck(args: argparse.Namespace) -> int:
     from eval.crosscheck import GRIDS
     from eval.crosscheck_report import print_crosscheck, run_grid
 
+    if args.live:
+        return live_check_cli.run(args, out, console)
     if args.grid not in GRIDS:
         raise UserError(f"unknown grid '{args.grid}' (choose from {', '.join(GRIDS)})")
     _require_dynamo()

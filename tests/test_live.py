@@ -257,3 +257,12 @@ def test_the_environment_drives_the_deployment_and_its_knobs_act(live):
         return
     assert phases["credit 0"][0] < 0.8 * phases["credit 1"][0], phases
     assert _cheapest_share(phases["credit 1"][1]) > 0.9 > 0.8 > _cheapest_share(phases["hot"][1]), phases
+
+
+def test_a_model_the_deployment_does_not_serve_is_named(live):
+    from envs.live.backend import LiveBackend, LiveConfig, Unreachable
+
+    d = live.deployment
+    config = LiveConfig(None, d.frontend_url, d.control_url, "no-such-model")
+    with pytest.raises(Unreachable, match=f"does not serve model 'no-such-model'.*{d.model_name}"):
+        LiveBackend(config)
