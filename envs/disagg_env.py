@@ -41,6 +41,14 @@ dict `config={...}` (as RLlib passes it) with the `EnvConfig` fields: `scenarios
 (list of `[name, low, high]`), `history_len`, `reward` (dict of `RewardConfig`), `overrides`
 (scenario `key=value` overrides).
 
+## Backends
+`backend="sim"` (the default) runs the simulator. `backend="dynamo"` with `live={"workdir": ...}`
+(a `poa-gym dynamo up` folder) or `live={"frontend_url", "control_url", "model_name",
+"token_file"}` drives a running Dynamo 1.6.1 deployment instead (`envs.live.backend`): same
+spaces, same observation builder, same reward (without the throughput term, whose reference is
+simulated); one scenario, the one the deployment runs. An unreachable deployment ends the
+episode (`truncated`, with the reason in `info["ended"]`).
+
 ## Version history
 - v0: initial release.
 """

@@ -3,8 +3,8 @@ the environment on both backends, compared on the requests that arrived after th
 
 Both runs send the same sessions (the scenario seed's `sessions` stream) at the scenario's own
 knobs; the live one through `backend="dynamo"`, so the same records come back from both: TTFT as
-Dynamo measured it, the inter-token gap from the client's completion time, the cached tokens the
-workers reported.
+Dynamo's frontend measured it, the inter-token gap from the client's completion time, the cached
+tokens the workers reported.
 """
 
 from __future__ import annotations
@@ -73,10 +73,20 @@ def relative_error(live: float, sim: float) -> float:
 
 
 def summarize_window(records: Sequence[RequestRecord], start_s: float, duration_s: float) -> dict[str, float]:
-    """The compared figures over the requests that arrived in [start_s, start_s + duration_s)."""
+    """The compared figures over the requests that arrived in [start_s, start_s + duration_s).
+
+    TTFT and ITL as Dynamo 1.6.1's frontend measures them: when disaggregated, the first token
+    is the one the prefill worker returns (its `nvext` `ttft_ms` is exactly `prefill_wait_time_ms
+    + prefill_time_ms`, measured), so the KV transfer and the decode worker's first pass fall into
+    the first inter-token gap. The simulator's own `ttft_s` counts to the decode worker's first
+    token, as Dynamo's offline replay does; here both runs are read the frontend's way
+    (`prefill_end_s`, which is the first token when aggregated).
+    """
     measured = [r for r in records if start_s <= r.arrival_s < start_s + duration_s]
-    ttft = [r.ttft_s for r in measured]
-    gaps = [g for g in (r.mean_itl_s for r in measured) if g is not None]
+    ttft = [r.prefill_end_s - r.arrival_s for r in measured]
+    gaps = [
+        (r.last_token_s - r.prefill_end_s) / (r.output_tokens - 1) for r in measured if r.output_tokens > 1
+    ]
     prompt = sum(r.input_tokens for r in measured)
     return {
         "ttft_mean_s": float(np.mean(ttft)) if ttft else math.nan,
