@@ -179,6 +179,13 @@ class DisaggRoutingEnv(gym.Env):
 
     def _connect(self, config: EnvConfig) -> LiveBackend:
         live = LiveBackend(config.live or LiveConfig())
+        # Only the knob router's decisions are visible live (the frontend routes the decode
+        # stage itself), so PoA-hat is taken over the stage the knobs act on.
+        loaded = self._loaded[0]
+        stage = "prefill" if loaded.scenario.topology.mode == "disagg" else "agg"
+        self._loaded = [
+            dataclasses.replace(loaded, poa=poa_params_for(loaded.scenario, loaded.profile, stage))
+        ]
         runs = live.endpoints.scenario
         if runs is not None and runs != self._loaded[0].scenario.name:
             raise ValueError(

@@ -246,6 +246,8 @@ def test_the_environment_drives_the_deployment_and_its_knobs_act(live):
             observations, infos = _run_intervals(env, knobs, 4)
             assert all(np.isfinite(o).all() for o in observations)
             assert sum(i["num_finished"] for i in infos) > 10 and not any(i["num_failed"] for i in infos)
+            # PoA-hat over the knob router's decisions (3P/3D's simulated one is the decode stage's)
+            assert all(np.isfinite(i["poa_hat"]) and i["poa_hat"] > 0 for i in infos), infos
             phases[name] = (np.mean([o[hit] for o in observations]), env.unwrapped.records[before:])
     finally:
         env.close()
