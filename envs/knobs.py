@@ -37,9 +37,14 @@ class KnobRange:
             raise ValueError(f"knob {self.name}: need 0 <= low < high, got [{self.low}, {self.high}]")
 
 
+# Dynamo 1.6.1 accepts any finite credit and scale >= 0. The upper ends are wide because the best
+# fixed settings of the multi-turn presets lie past 2 (scripts/knob_landscape.py: on 3P/3D the
+# reward still improves from credit 4 to 8 at 250+ clients; on agg8, from scale 4 to 8), and a
+# range that stops at 2 caps the policy and best-static alike at a corner. v0.9's weight keeps the
+# paper's [0, 2].
 DEFAULT_RANGES: dict[str, tuple[float, float]] = {
-    "overlap_score_credit": (0.0, 2.0),
-    "prefill_load_scale": (0.0, 2.0),
+    "overlap_score_credit": (0.0, 8.0),
+    "prefill_load_scale": (0.0, 8.0),
     "overlap_score_weight": (0.0, 2.0),
     "router_temperature": (0.0, 1.0),
 }
