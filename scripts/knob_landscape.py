@@ -20,7 +20,6 @@ cannot see, so this bounds what a load-adaptive policy can gain over fixed setti
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 from envs.disagg_env import DisaggRoutingEnv
 from envs.knobs import DEFAULT_RANGES, override_to_action
 from envs.schedules import ScheduleConfig, concurrency_levels
+from eval.episodes import search_grid
 
 
 def _grid(text: str) -> list[dict[str, float]]:
@@ -39,7 +39,7 @@ def _grid(text: str) -> list[dict[str, float]]:
     for token in text.split(","):
         name, _, raw = token.partition("=")
         values[name.strip()] = [float(v) for v in raw.split("/")]
-    return [dict(zip(values, point, strict=True)) for point in itertools.product(*values.values())]
+    return search_grid(values)
 
 
 def _rules(text: str) -> list[tuple[float, float, int]]:
@@ -155,9 +155,7 @@ def _print_table(results: list[dict]) -> None:
     for result in results:
         key = (result["load"], tuple(sorted(result["setting"].items())))
         by_key.setdefault(key, []).append(result)
-    for load in sorted(
-        {key[0] for key in by_key}, key=lambda load: (isinstance(load, str), str(load).zfill(8))
-    ):
+    for load in dict.fromkeys(key[0] for key in by_key):  # in the order the loads were given
         rows = sorted(
             (
                 (statistics.mean(r["mean_reward"] for r in v), k[1], v)
