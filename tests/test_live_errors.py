@@ -74,3 +74,13 @@ def test_a_missing_dynamo_install_says_make_dynamo(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert_user_error(result, "NVIDIA Dynamo is not installed", "make dynamo")
+
+
+def test_ports_are_drawn_below_the_ephemeral_range():
+    """A port taken from the kernel's ephemeral range can be handed to another process's bind(0)
+    before the process it was meant for starts."""
+    from envs.live import ports
+
+    low = ports._ephemeral_range()[0]
+    drawn = ports.free_ports(8)
+    assert len(set(drawn)) == 8 and all(ports.PORT_FLOOR <= p < low for p in drawn)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -25,15 +26,28 @@ from typing import Any
 
 from envs.live.knob_router import TOKEN_ENV
 from envs.live.plan import LivePlan, PlanInputs, plan_deployment
+from envs.live.ports import free_ports
 from envs.live.tiny_model import write_tiny_model
 from envs.sim.config import ScenarioConfig
 
 RECORD_FILE = "deployment.json"
 TOKEN_FILE = "control.token"
+DISCOVERY_DIR = "discovery"
+# What a mocker logs when its engine cannot start; the process lives on and fails every request.
+ENGINE_FAILURE_MARK = "Failed to start mocker engine"
+PORT_TAKEN_MARK = "Address already in use"
+# Logged at INFO by `dynamo_llm::mocker` once a prefill engine listens on its bootstrap port.
+BOOTSTRAP_MARK = "Bootstrap server started for prefill worker"
+START_ATTEMPTS = 3
+PROBE_TIMEOUT_S = 10.0
 
 
 class DeploymentError(RuntimeError):
     """A deployment that cannot start or be found; the message says what to do."""
+
+
+class PortTakenError(DeploymentError):
+    """A port checked free was bound by another process before its owner started."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +103,35 @@ def up(
             f"{workdir}: a deployment is already running there (`poa-gym dynamo down` first)"
         )
     workdir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _start_once(scenario, workdir, speedup, http_port, model_name, timeout_s, log)
+        except PortTakenError as error:
+            if attempt == START_ATTEMPTS:
+                raise DeploymentError(f"{error} (on each of {START_ATTEMPTS} attempts)") from None
+            log(f"{error}; starting again on other ports")
+    raise AssertionError("unreachable")
+
+
+def _start_once(
+    scenario: ScenarioConfig,
+    workdir: Path,
+    speedup: float,
+    http_port: int,
+    model_name: str,
+    timeout_s: float,
+    log: Callable[[str], None],
+) -> Deployment:
+    # A stopped deployment can leave its instances in the store, where the frontend would route
+    # to them (503 "no backend worker available"); nothing runs here now (checked by `up`).
+    shutil.rmtree(workdir / DISCOVERY_DIR, ignore_errors=True)
     plan = plan_deployment(_plan_inputs(scenario, workdir, speedup, http_port, model_name))
     (workdir / "knob_router.json").write_text(json.dumps(plan.knob_router, indent=1) + "\n")
     token = _write_token(workdir)
     deployment = _start(plan, workdir, token, log, speedup, scenario.name)
+    num_bootstrap = knob_tier_size(scenario) if scenario.topology.mode == "disagg" else 0
     try:
-        _wait_ready(deployment, knob_tier_size(scenario), timeout_s)
+        _wait_ready(deployment, knob_tier_size(scenario), num_bootstrap, timeout_s)
     except DeploymentError:
         down(workdir)
         raise
@@ -112,7 +149,10 @@ def _plan_inputs(
     profile_npz = None
     if scenario.timing.kind == "profile":
         profile_npz = _export_profile(scenario, workdir)
-    ports = free_ports(2 + (knob_tier_size(scenario) if scenario.topology.mode == "disagg" else 0))
+    try:
+        ports = free_ports(2 + (knob_tier_size(scenario) if scenario.topology.mode == "disagg" else 0))
+    except OSError as error:
+        raise DeploymentError(str(error)) from None
     return PlanInputs(
         scenario=scenario,
         model_path=write_tiny_model(workdir / "model"),
@@ -135,18 +175,6 @@ def _export_profile(scenario: ScenarioConfig, workdir: Path) -> Path:
     return save_profile(arrays, workdir / "profile.npz")
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel says are free now (held together, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _write_token(workdir: Path) -> str:
     path = workdir / TOKEN_FILE
     token = secrets.token_urlsafe(24)
@@ -160,14 +188,14 @@ def dynamo_environment(workdir: Path, token: str = "") -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         DYN_DISCOVERY_BACKEND="file",
-        DYN_FILE_KV=str(workdir / "discovery"),
+        DYN_FILE_KV=str(workdir / DISCOVERY_DIR),
         DYN_REQUEST_PLANE="tcp",
         DYN_TCP_RPC_HOST="127.0.0.1",
         DYN_TCP_RESPONSE_STREAM_HOST="127.0.0.1",
         DYN_EVENT_PLANE_HOST="127.0.0.1",
         DYN_HTTP_RPC_HOST="127.0.0.1",
         DYN_SYSTEM_HOST="127.0.0.1",
-        DYN_LOG=env.get("DYN_LOG", "warn"),
+        DYN_LOG=_dyn_log(env.get("DYN_LOG", "warn")),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         PYTHONPATH=os.pathsep.join(
@@ -176,6 +204,11 @@ def dynamo_environment(workdir: Path, token: str = "") -> dict[str, str]:
     )
     env[TOKEN_ENV] = token
     return env
+
+
+def _dyn_log(user_filter: str) -> str:
+    """The user's filter, plus the mocker's INFO start-up lines that readiness reads."""
+    return user_filter if "dynamo_llm::mocker" in user_filter else f"{user_filter},dynamo_llm::mocker=info"
 
 
 def _start(
@@ -203,16 +236,26 @@ def _start(
     return deployment
 
 
-def _wait_ready(deployment: Deployment, num_workers: int, timeout_s: float) -> None:
-    """Until the knob router sees all its real workers and the frontend serves the model."""
+def _wait_ready(deployment: Deployment, num_workers: int, num_bootstrap: int, timeout_s: float) -> None:
+    """Until the knob router sees all its real workers, every prefill engine has bound its
+    bootstrap port, the frontend serves the model, and a one-token request comes back.
+
+    Registration alone is not readiness: a worker registers before its engine starts (an engine
+    that fails leaves a live process that fails every request), and the frontend lists the model
+    before its routers hold the instances (a request then gets 503).
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         dead = [p for p in deployment.processes if not _alive(p)]
         if dead:
             raise DeploymentError(f"{dead[0]['name']} exited during start-up:\n{_tail(Path(dead[0]['log']))}")
+        num_bound = _check_engines(deployment)
         health = _get_json(deployment.control_url + "/health") or {}
-        if health.get("num_workers") == num_workers and deployment.model_name in served_models(
-            deployment.frontend_url
+        if (
+            num_bound >= num_bootstrap
+            and health.get("num_workers") == num_workers
+            and deployment.model_name in served_models(deployment.frontend_url)
+            and _probe(deployment)
         ):
             return
         time.sleep(0.5)
@@ -220,6 +263,44 @@ def _wait_ready(deployment: Deployment, num_workers: int, timeout_s: float) -> N
         f"the frontend did not serve {deployment.model_name} within {timeout_s:g} s; "
         f"see the logs in {deployment.workdir}"
     )
+
+
+def _check_engines(deployment: Deployment) -> int:
+    """The number of prefill engines that bound their bootstrap port; raise if an engine failed."""
+    num_bound = 0
+    for record in deployment.processes:
+        if not record["name"].endswith("-workers"):
+            continue
+        text = Path(record["log"]).read_text(errors="replace") if Path(record["log"]).is_file() else ""
+        for line in text.splitlines():
+            if ENGINE_FAILURE_MARK in line:
+                error = PortTakenError if PORT_TAKEN_MARK in line else DeploymentError
+                raise error(f"{record['name']}: a mocker engine did not start: {_strip_ansi(line)}")
+        num_bound += text.count(BOOTSTRAP_MARK)
+    return num_bound
+
+
+def _strip_ansi(line: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+
+
+def _probe(deployment: Deployment) -> bool:
+    """One short request end to end; its prompt shares no block with any client's."""
+    body = {
+        "model": deployment.model_name,
+        "prompt": f"readiness probe {secrets.token_hex(8)}",
+        "max_tokens": 1,
+    }
+    request = urllib.request.Request(
+        deployment.frontend_url + "/v1/completions",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
 
 
 def served_models(frontend_url: str) -> list[str]:
