@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agents.sidecar import cli as sidecar_cli
 from envs.scenarios import ScenarioError, load_scenario, preset_names
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
@@ -114,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     train_cli.add_parser(commands)
     export_cli.add_parser(commands)
     dynamo_cli.add_parser(commands)
+    sidecar_cli.add_parser(commands)
     return parser
 
 

@@ -35,6 +35,15 @@ def add_parser(commands: Any) -> None:
     start.add_argument("--model-name", default="poa-gym-mock", help="the model name clients ask for")
     start.add_argument("--timeout-s", type=float, default=90.0, help="how long to wait for the model")
     start.add_argument("--workdir", default=DEFAULT_WORKDIR, help="logs, PIDs, discovery store, token")
+    start.add_argument(
+        "--layout",
+        choices=("knob-router", "dynamo"),
+        default="knob-router",
+        help="dynamo: plain Dynamo without the knob router (the baseline; no knobs to set)",
+    )
+    start.add_argument(
+        "--split-workers", action="store_true", help="one process per worker of the knob tier (fault drills)"
+    )
     start.set_defaults(handler=_cmd_up)
 
     for name, handler, text in (
@@ -62,11 +71,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
             model_name=args.model_name,
             timeout_s=args.timeout_s,
             log=lambda line: console.print(line, highlight=False),
+            layout=args.layout,
+            split_workers=args.split_workers,
         )
     except (DeploymentError, ValueError) as error:
         raise UserError(str(error)) from None
     print(f"frontend  {deployment.frontend_url}  (model {deployment.model_name})")
-    print(f"knobs     {deployment.control_url}  (PUT /knobs needs the token in {args.workdir}/control.token)")
+    if args.layout == "knob-router":
+        token_path = Path(args.workdir) / "control.token"
+        print(f"knobs     {deployment.control_url}  (PUT /knobs needs the token in {token_path})")
     print(f"workdir   {deployment.workdir}")
     return 0
 

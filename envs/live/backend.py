@@ -29,16 +29,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envs.live.client import routed_counts
 from envs.live.decisions import LiveDecision
 from envs.live.deploy import Deployment, DeploymentError
 from envs.live.loadgen import ClosedLoopClients, LiveCompletion, session_stream
+from envs.live.snapshot import live_snapshot
 from envs.metrics_snapshot import MetricsSnapshot
-from envs.prometheus import parse_snapshot
 from envs.sim.config import ScenarioConfig
 from envs.sim.records import RequestRecord, RouteDecision, Stage
 from envs.sim.workload import SyntheticSessions
@@ -183,27 +182,9 @@ class LiveBackend:
 
     def snapshot(self) -> MetricsSnapshot:
         ends = self.endpoints
-        text = self._get_text(ends.frontend_url + "/metrics", "the Dynamo frontend")
-        frontend = parse_snapshot(text, 0.0)
+        frontend_text = self._get_text(ends.frontend_url + "/metrics", "the Dynamo frontend")
         router_text = self._get_text(ends.control_url + "/metrics", "the knob router")
-        router = parse_snapshot(router_text, 0.0)
-        routed = routed_counts(router_text)
-        knob_tier = {w.worker_type for w in router.workers}
-        other_tiers = tuple(w for w in frontend.workers if w.worker_type not in knob_tier)
-        workers = tuple(sorted(router.workers + other_tiers, key=lambda w: (w.worker_type, w.worker_id)))
-        num_kv_workers = sum(w.worker_type in ("decode", "agg") for w in workers)
-        return replace(
-            frontend,
-            time_s=self.now_s(),
-            ttft=frontend.ttft.scaled(self.speedup),
-            itl=frontend.itl.scaled(self.speedup),
-            workers=workers,
-            # The prefix cache of the tier the knobs act on, as the knob router saw its workers
-            # answer: a disaggregated frontend counts the decode workers' cached tokens instead.
-            input_tokens_total=sum(routed["prompt_tokens"].values()),
-            cached_tokens_total=sum(routed["cached_tokens"].values()),
-            total_kv_blocks=_per_worker_kv_blocks(text, ends.model_name) * num_kv_workers,
-        )
+        return live_snapshot(frontend_text, router_text, ends.model_name, self.now_s(), self.speedup)
 
     def finished(self) -> list[RequestRecord]:
         """The requests completed since the last call, as simulator records (failed ones are
@@ -302,22 +283,6 @@ class LiveBackend:
                 f"{request.full_url}: cannot reach {what} ({reason}); start a deployment with "
                 "`poa-gym dynamo up SCENARIO` or point live.workdir / live.*_url at a running one"
             ) from None
-
-
-def _per_worker_kv_blocks(text: str, model_name: str) -> float:
-    """One worker's KV blocks, as the frontend reports them per model: the served model's
-    workers (decode, when disaggregated), else the knob tier's hidden ones (aggregated)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from envs.metrics_snapshot import TOTAL_KV_BLOCKS
-
-    by_model = {
-        sample.labels.get("model", ""): sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == TOTAL_KV_BLOCKS
-        for sample in family.samples
-    }
-    return by_model.get(model_name, max(by_model.values(), default=0.0))
 
 
 __all__ = ["DeploymentError", "LiveBackend", "LiveConfig", "Unreachable"]

@@ -61,6 +61,7 @@ class Deployment:
     processes: list[dict[str, Any]]  # name, pid, argv, log
     speedup: float = 1.0  # the mockers' speed-up over the hardware they emulate
     scenario: str | None = None
+    layout: str = "knob-router"  # "dynamo": no knob router (control_url answers nothing)
 
     @classmethod
     def load(cls, workdir: Path) -> Deployment:
@@ -84,17 +85,31 @@ def dynamo_installed() -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class StartOptions:
+    """How to start a deployment beyond its scenario (`up`'s keyword arguments)."""
+
+    speedup: float = 1.0
+    http_port: int = 0
+    model_name: str = "poa-gym-mock"
+    layout: str = "knob-router"  # envs.live.plan.LAYOUTS
+    split_workers: bool = False
+
+
 def up(
     scenario: ScenarioConfig,
     workdir: Path,
     *,
-    speedup: float = 1.0,
-    http_port: int = 0,
-    model_name: str = "poa-gym-mock",
     timeout_s: float = 90.0,
     log: Callable[[str], None] = lambda _: None,
+    **options: Any,
 ) -> Deployment:
-    """Start the deployment and wait until the frontend serves the model; stop it all on failure."""
+    """Start the deployment and wait until it serves requests; stop it all on failure.
+
+    `options` are `StartOptions`' fields: `speedup`, `http_port`, `model_name`, `layout`
+    ("dynamo" for plain Dynamo without the knob router), `split_workers`.
+    """
+    start = StartOptions(**options)
     if not dynamo_installed():
         raise DeploymentError("NVIDIA Dynamo is not installed in this environment: run `make dynamo`")
     workdir = workdir.resolve()
@@ -105,7 +120,7 @@ def up(
     workdir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
-            return _start_once(scenario, workdir, speedup, http_port, model_name, timeout_s, log)
+            return _start_once(scenario, workdir, start, timeout_s, log)
         except PortTakenError as error:
             if attempt == START_ATTEMPTS:
                 raise DeploymentError(f"{error} (on each of {START_ATTEMPTS} attempts)") from None
@@ -116,22 +131,22 @@ def up(
 def _start_once(
     scenario: ScenarioConfig,
     workdir: Path,
-    speedup: float,
-    http_port: int,
-    model_name: str,
+    start: StartOptions,
     timeout_s: float,
     log: Callable[[str], None],
 ) -> Deployment:
     # A stopped deployment can leave its instances in the store, where the frontend would route
     # to them (503 "no backend worker available"); nothing runs here now (checked by `up`).
     shutil.rmtree(workdir / DISCOVERY_DIR, ignore_errors=True)
-    plan = plan_deployment(_plan_inputs(scenario, workdir, speedup, http_port, model_name))
-    (workdir / "knob_router.json").write_text(json.dumps(plan.knob_router, indent=1) + "\n")
+    plan = plan_deployment(_plan_inputs(scenario, workdir, start))
+    if plan.knob_router:
+        (workdir / "knob_router.json").write_text(json.dumps(plan.knob_router, indent=1) + "\n")
     token = _write_token(workdir)
-    deployment = _start(plan, workdir, token, log, speedup, scenario.name)
+    deployment = _start(plan, workdir, token, log, start, scenario.name)
     num_bootstrap = knob_tier_size(scenario) if scenario.topology.mode == "disagg" else 0
+    num_workers = knob_tier_size(scenario) if plan.knob_router else None
     try:
-        _wait_ready(deployment, knob_tier_size(scenario), num_bootstrap, timeout_s)
+        _wait_ready(deployment, num_workers, num_bootstrap, timeout_s)
     except DeploymentError:
         down(workdir)
         raise
@@ -143,9 +158,7 @@ def knob_tier_size(scenario: ScenarioConfig) -> int:
     return topology.num_workers if topology.mode == "agg" else topology.num_prefill_workers
 
 
-def _plan_inputs(
-    scenario: ScenarioConfig, workdir: Path, speedup: float, http_port: int, model_name: str
-) -> PlanInputs:
+def _plan_inputs(scenario: ScenarioConfig, workdir: Path, start: StartOptions) -> PlanInputs:
     profile_npz = None
     if scenario.timing.kind == "profile":
         profile_npz = _export_profile(scenario, workdir)
@@ -156,13 +169,15 @@ def _plan_inputs(
     return PlanInputs(
         scenario=scenario,
         model_path=write_tiny_model(workdir / "model"),
-        model_name=model_name,
-        http_port=http_port or ports[0],
+        model_name=start.model_name,
+        http_port=start.http_port or ports[0],
         control_port=ports[1],
         bootstrap_ports=tuple(ports[2:]),
         knob_router_config_path=workdir / "knob_router.json",
         profile_npz=profile_npz,
-        speedup=speedup,
+        speedup=start.speedup,
+        layout=start.layout,
+        split_workers=start.split_workers,
     )
 
 
@@ -212,7 +227,7 @@ def _dyn_log(user_filter: str) -> str:
 
 
 def _start(
-    plan: LivePlan, workdir: Path, token: str, log: Callable[[str], None], speedup: float, scenario: str
+    plan: LivePlan, workdir: Path, token: str, log: Callable[[str], None], start: StartOptions, scenario: str
 ) -> Deployment:
     env = dynamo_environment(workdir, token)
     records = []
@@ -230,14 +245,23 @@ def _start(
         records.append({"name": spec.name, "pid": process.pid, "argv": list(spec.argv), "log": str(log_path)})
         log(f"started {spec.name} (pid {process.pid})")
     deployment = Deployment(
-        str(workdir), plan.model_name, plan.frontend_url, plan.control_url, records, speedup, scenario
+        str(workdir),
+        plan.model_name,
+        plan.frontend_url,
+        plan.control_url,
+        records,
+        start.speedup,
+        scenario,
+        start.layout,
     )
     (workdir / RECORD_FILE).write_text(json.dumps(asdict(deployment), indent=1) + "\n")
     return deployment
 
 
-def _wait_ready(deployment: Deployment, num_workers: int, num_bootstrap: int, timeout_s: float) -> None:
-    """Until the knob router sees all its real workers, every prefill engine has bound its
+def _wait_ready(
+    deployment: Deployment, num_workers: int | None, num_bootstrap: int, timeout_s: float
+) -> None:
+    """Until the knob router (if `num_workers`) sees all its real workers, every prefill engine has bound its
     bootstrap port, the frontend serves the model, and a one-token request comes back.
 
     Registration alone is not readiness: a worker registers before its engine starts (an engine
@@ -250,7 +274,7 @@ def _wait_ready(deployment: Deployment, num_workers: int, num_bootstrap: int, ti
         if dead:
             raise DeploymentError(f"{dead[0]['name']} exited during start-up:\n{_tail(Path(dead[0]['log']))}")
         num_bound = _check_engines(deployment)
-        health = _get_json(deployment.control_url + "/health") or {}
+        health = (_get_json(deployment.control_url + "/health") or {}) if num_workers is not None else {}
         if (
             num_bound >= num_bootstrap
             and health.get("num_workers") == num_workers
@@ -269,7 +293,7 @@ def _check_engines(deployment: Deployment) -> int:
     """The number of prefill engines that bound their bootstrap port; raise if an engine failed."""
     num_bound = 0
     for record in deployment.processes:
-        if not record["name"].endswith("-workers"):
+        if "-worker" not in record["name"]:
             continue
         text = Path(record["log"]).read_text(errors="replace") if Path(record["log"]).is_file() else ""
         for line in text.splitlines():

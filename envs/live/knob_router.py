@@ -15,6 +15,10 @@ prefill workers of a disaggregated deployment) and routes each preprocessed requ
 3. It sends the request through the same `KvRouter` pinned to that worker's instance id, so the
    `KvRouter` books it, tracks its prefill and frees it as it does its own choices.
 
+A worker that refuses the forward (it died, or left discovery before the KvRouter's books caught
+up) is passed over for `QUARANTINE_S` and the choice made again among the others, so a worker's
+death costs only the requests it was running.
+
 Steps 1-3 hold a lock: two requests never decide on the same snapshot (Dynamo's scheduler decides
 one request at a time too). The real workers register under a model name clients do not use
 (`<model>--workers`), so the frontend routes only to this component.
@@ -31,12 +35,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
 import json
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,9 @@ from envs.sim.config import RouterConfig
 KNOB_NAMES = ("overlap_score_credit", "prefill_load_scale", "router_temperature")
 TOKEN_ENV = "POA_GYM_CONTROL_TOKEN"
 ROLES = ("aggregated", "prefill")
+# How long a worker that refused a request is passed over (it is tried again after, in case it
+# came back; discovery drops a dead one well within this).
+QUARANTINE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,11 @@ class RoutingLedger:
         self._errors = Counter(
             "poa_gym_router_forward_errors", "requests that failed", registry=self.registry
         )
+        self._retries = Counter(
+            "poa_gym_router_retries",
+            "forwards a worker refused (dead or departed), sent again to another worker",
+            registry=self.registry,
+        )
         self._unpinned = Counter(
             "poa_gym_router_pin_misses",
             "requests the workers ran elsewhere than the knob router chose",
@@ -176,6 +187,9 @@ class RoutingLedger:
     def record_error(self) -> None:
         self._errors.inc()
 
+    def record_retry(self) -> None:
+        self._retries.inc()
+
     def show_workers(self, states: list[WorkerState], worker_type: str) -> None:
         self._decode_blocks.clear()
         self._prefill_tokens.clear()
@@ -203,9 +217,17 @@ class KnobRouter:
     """Chooses each request's worker with the current knobs and forwards it there, pinned."""
 
     def __init__(
-        self, kv_router: Any, ledger: RoutingLedger, config: KnobRouterConfig, seed: int | None = None
+        self,
+        kv_router: Any,
+        ledger: RoutingLedger,
+        config: KnobRouterConfig,
+        seed: int | None = None,
+        live_ids: Callable[[], Iterable[int]] | None = None,
     ) -> None:
         self._kv_router = kv_router
+        # The workers registered now: the KvRouter's load books keep a departed worker for a while.
+        self._live_ids = live_ids
+        self._quarantine: dict[int, float] = {}  # worker id -> monotonic time it may be tried again
         self.ledger = ledger
         self._router = config.router_config()
         self._block_size = config.block_size
@@ -223,20 +245,41 @@ class KnobRouter:
     def worker_type(self) -> str:
         return "prefill" if self._prefill else ""  # Dynamo leaves it empty for aggregated workers
 
-    async def choose(self, token_ids: list[int]) -> Choice:
+    async def choose(self, token_ids: list[int], exclude: frozenset[int] = frozenset()) -> Choice:
         loads = await self._kv_router.get_potential_loads(token_ids)
         overlaps = await self._kv_router.get_overlap_scores(token_ids)
         isl_tokens = len(token_ids)
         states = worker_states(loads, overlaps, isl_tokens, self._block_size, self._router.assume_kv_reuse)
+        live = set(self._live_ids()) if self._live_ids is not None else None
+        now_s = time.monotonic()
+        barred = exclude | {w for w, until_s in self._quarantine.items() if until_s > now_s}
+        usable = [s for s in states if live is None or s.worker_id in live]
+        states = [s for s in usable if s.worker_id not in barred] or [
+            s for s in usable if s.worker_id not in exclude
+        ]
         knobs = knobs_for(self._router, self.ledger.knobs)
         return choose_worker(states, isl_tokens, self._block_size, knobs, self._router, self._rng)
 
+    async def _forward(self, request: Mapping[str, Any], context: Any) -> tuple[Choice, Any]:
+        """Choose and send; a worker that refuses the request (it died, or left) is excluded and
+        the choice made again among the others, as Dynamo's own router does for a dead instance."""
+        failed: set[int] = set()
+        while True:
+            async with self._deciding:
+                choice = await self.choose(list(request["token_ids"]), frozenset(failed))
+                self._log(choice, len(request["token_ids"]), context)
+                try:
+                    return choice, await self._kv_router.generate_from_request(self._pinned(request, choice))
+                except Exception:
+                    self._quarantine[choice.worker.worker_id] = time.monotonic() + QUARANTINE_S
+                    if len(failed) + 1 >= len(choice.states):
+                        raise
+                    failed.add(choice.worker.worker_id)
+                    self.ledger.record_retry()
+
     async def generate(self, request: Mapping[str, Any], context: Any = None) -> AsyncIterator[Any]:
         try:
-            async with self._deciding:
-                choice = await self.choose(list(request["token_ids"]))
-                self._log(choice, len(request["token_ids"]), context)
-                stream = await self._kv_router.generate_from_request(self._pinned(request, choice))
+            choice, stream = await self._forward(request, context)
             recorded = False
             async for output in stream:
                 if not recorded and (outcome := routing_outcome(output)) is not None:
@@ -276,48 +319,6 @@ class KnobRouter:
         return {**request, "routing": routing}
 
 
-def control_app(router: KnobRouter, token: str, num_workers: Callable[[], int]) -> Any:
-    """The aiohttp app of the control server: knobs, metrics (with the real workers' load),
-    decisions, and health with the number of real workers seen."""
-    from aiohttp import web
-
-    ledger = router.ledger
-
-    async def get_knobs(_: web.Request) -> web.Response:
-        return web.json_response(ledger.knobs)
-
-    async def put_knobs(request: web.Request) -> web.Response:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if not token or not hmac.compare_digest(given.encode(), token.encode()):
-            return web.json_response({"error": "missing or wrong bearer token"}, status=401)
-        try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object of knob values")
-            return web.json_response(ledger.set_knobs(body))
-        except (ValueError, json.JSONDecodeError) as error:
-            return web.json_response({"error": str(error)}, status=400)
-
-    async def metrics(_: web.Request) -> web.Response:
-        ledger.show_workers(await router.worker_states(), router.worker_type)
-        return web.Response(body=ledger.metrics_text(), content_type="text/plain")
-
-    async def decisions(request: web.Request) -> web.Response:
-        try:
-            after = int(request.query.get("after", "0"))
-        except ValueError:
-            return web.json_response({"error": "after: needs an integer sequence number"}, status=400)
-        return web.json_response([d.to_json() for d in router.decisions.after(after)])
-
-    async def health(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "num_workers": num_workers(), "knobs": ledger.knobs})
-
-    app = web.Application()
-    routes = [web.get("/knobs", get_knobs), web.put("/knobs", put_knobs), web.get("/metrics", metrics)]
-    app.add_routes([*routes, web.get("/decisions", decisions), web.get("/health", health)])
-    return app
-
-
 async def serve(config: KnobRouterConfig, token: str) -> None:
     from aiohttp import web
     from dynamo.common.utils.runtime import create_runtime
@@ -331,7 +332,9 @@ async def serve(config: KnobRouterConfig, token: str) -> None:
         runtime.endpoint(config.upstream_endpoint), config.block_size, KvRouterConfig(**bookkeeping)
     )
     workers = await runtime.endpoint(config.upstream_endpoint).client()
-    router = KnobRouter(kv_router, RoutingLedger(config.knobs), config)
+    router = KnobRouter(kv_router, RoutingLedger(config.knobs), config, live_ids=workers.instance_ids)
+    from envs.live.knob_control import control_app
+
     runner = web.AppRunner(control_app(router, token, lambda: len(workers.instance_ids())))
     await runner.setup()
     await web.TCPSite(runner, config.control_host, config.control_port).start()

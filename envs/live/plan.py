@@ -23,6 +23,9 @@ from typing import Any
 from envs.sim.config import EngineConfig, ScenarioConfig
 
 WORKER_SUFFIX = "--workers"
+# "knob-router": the knob router stands in for the knob tier; "dynamo": plain Dynamo 1.6.1, the
+# baseline a deployment with the knob router (and the sidecar) is measured against.
+LAYOUTS = ("knob-router", "dynamo")
 HIDDEN_NAMESPACE = "poagym"
 
 
@@ -64,8 +67,12 @@ class PlanInputs:
     knob_router_config_path: Path
     profile_npz: Path | None = None
     speedup: float = 1.0
+    layout: str = "knob-router"  # or "dynamo": no knob router, the frontend routes every stage
+    split_workers: bool = False  # one process per worker of the knob tier (to kill one alone)
 
     def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout: must be one of {LAYOUTS}, got {self.layout!r}")
         if not self.speedup > 0:
             raise ValueError(f"speedup: must be > 0, got {self.speedup}")
         if self.scenario.router.router_semantics != "dynamo-1.6":
@@ -85,21 +92,26 @@ class PlanInputs:
 
 def plan_deployment(inputs: PlanInputs) -> LivePlan:
     scenario = inputs.scenario
+    knob = inputs.layout == "knob-router"
+    suffix = WORKER_SUFFIX if knob else ""
     if scenario.topology.mode == "agg":
-        tier, role, upstream = "agg", "aggregated", f"{HIDDEN_NAMESPACE}.workers.generate"
-        serve, workers = "dynamo.knobs.generate", [_mocker(inputs, "agg", upstream, WORKER_SUFFIX)]
+        tier, role = "agg", "aggregated"
+        upstream = f"{HIDDEN_NAMESPACE}.workers.generate" if knob else None
+        workers = _mockers(inputs, "agg", upstream, suffix)
     else:
-        tier, role, upstream = "prefill", "prefill", f"{HIDDEN_NAMESPACE}.prefill.generate"
-        serve = "dynamo.knobs.generate"
-        workers = [_mocker(inputs, "prefill", upstream, WORKER_SUFFIX), _mocker(inputs, "decode", None, "")]
-    engine = scenario.engine_for(tier)
+        tier, role = "prefill", "prefill"
+        upstream = f"{HIDDEN_NAMESPACE}.prefill.generate" if knob else "dynamo.prefill.generate"
+        workers = _mockers(inputs, "prefill", upstream, suffix) + _mockers(inputs, "decode", None, "")
+    if not knob:
+        processes = (*workers, _frontend(inputs))
+        return LivePlan(processes, inputs.model_name, inputs.http_port, inputs.control_port, {})
     knob_router = {
         "model_name": inputs.model_name,
         "model_path": str(inputs.model_path),
         "role": role,
-        "serve_endpoint": serve,
+        "serve_endpoint": "dynamo.knobs.generate",
         "upstream_endpoint": upstream,
-        "block_size": engine.block_size,
+        "block_size": scenario.engine_for(tier).block_size,
         "kv_router": kv_router_fields(scenario),
         "router": asdict(scenario.router),
         "knobs": scenario_knobs(scenario),
@@ -135,12 +147,32 @@ def kv_router_fields(scenario: ScenarioConfig) -> dict[str, Any]:
     }
 
 
-def _mocker(inputs: PlanInputs, tier: str, endpoint: str | None, suffix: str) -> ProcessSpec:
-    scenario = inputs.scenario
-    topology = scenario.topology
+def _mockers(inputs: PlanInputs, tier: str, endpoint: str | None, suffix: str) -> list[ProcessSpec]:
+    """The tier's mocker processes: one with `--num-workers N`, or N of one worker each."""
+    topology = inputs.scenario.topology
     count = {"agg": topology.num_workers, "prefill": topology.num_prefill_workers}.get(
         tier, topology.num_decode_workers
     )
+    ports = inputs.bootstrap_ports
+    if not inputs.split_workers or tier == "decode":
+        return [_mocker(inputs, f"{tier}-workers", tier, count, endpoint, suffix, ports)]
+    return [
+        _mocker(inputs, f"{tier}-worker-{i}", tier, 1, endpoint, suffix, ports[i : i + 1])
+        for i in range(count)
+    ]
+
+
+def _mocker(
+    inputs: PlanInputs,
+    name: str,
+    tier: str,
+    count: int,
+    endpoint: str | None,
+    suffix: str,
+    bootstrap_ports: tuple[int, ...],
+) -> ProcessSpec:
+    scenario = inputs.scenario
+    topology = scenario.topology
     argv = [sys.executable, "-m", "dynamo.mocker", "--model-path", str(inputs.model_path)]
     argv += ["--model-name", inputs.model_name + suffix, "--num-workers", str(count)]
     argv += ["--discovery-backend", "file", "--request-plane", "tcp"]
@@ -150,10 +182,10 @@ def _mocker(inputs: PlanInputs, tier: str, endpoint: str | None, suffix: str) ->
     if tier != "agg":
         argv += ["--disaggregation-mode", tier]
     if tier == "prefill":
-        argv += ["--bootstrap-ports", ",".join(str(port) for port in inputs.bootstrap_ports)]
+        argv += ["--bootstrap-ports", ",".join(str(port) for port in bootstrap_ports)]
         argv += ["--kv-transfer-bandwidth", f"{topology.kv_transfer.bandwidth_gbps:g}"]
         argv += ["--kv-bytes-per-token", str(round(scenario.model.kv_bytes_per_token))]
-    return ProcessSpec(f"{tier}-workers", tuple(argv))
+    return ProcessSpec(name, tuple(argv))
 
 
 def _engine_flags(engine: EngineConfig) -> list[str]:
