@@ -25,7 +25,7 @@ from agents.sidecar import cli as sidecar_cli
 from envs.scenarios import ScenarioError, load_scenario, preset_names
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
-from eval import dynamo_cli, eval_cli, live_check_cli, profile_cli, regimes_cli, sweep_cli
+from eval import bench_sidecar_cli, dynamo_cli, eval_cli, live_check_cli, profile_cli, regimes_cli, sweep_cli
 from eval.errors import UserError
 from eval.runner import run_scenario
 from training import export_cli, train_cli
@@ -106,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         help="environment steps per wall-second on one core instead (llama70b-b200-1p5d, C=256)",
     )
     bench.add_argument("--steps", type=int, default=40, help="--env: steps per timed rollout")
+    bench_sidecar_cli.add_arguments(bench)
     bench.set_defaults(handler=_cmd_bench)
 
     sweep_cli.add_parser(commands)
@@ -281,6 +282,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.requests <= 0 or args.repeats <= 0 or args.steps <= 0:
         raise UserError("--requests, --repeats and --steps must be positive")
+    if bench_sidecar_cli.wants_sidecar_bench(args):
+        return bench_sidecar_cli.run(args)
     if args.env:
         return _bench_env(args)
     scenario = bench_scenario(args.requests)

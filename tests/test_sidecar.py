@@ -58,9 +58,11 @@ def _decider(spec: str, stale_intervals: int = 3) -> Decider:
 
 def test_static_policy_acts_from_the_second_snapshot():
     decider = _decider("static:overlap_score_credit=4")
+    decider.adopt_knobs({"prefill_load_scale": 2.0, "unknown": 1.0})  # what the router has in force
     first = decider.observe(snapshot(0.0, 0))
-    assert (first.source, first.knobs) == ("hold", SAFE)
+    assert (first.source, first.knobs) == ("hold", SAFE | {"prefill_load_scale": 2.0})
     second = decider.observe(snapshot(5.0, 10))
+    # the static policy holds the knobs it does not name at the safe setting
     assert second.source == "policy" and second.knobs == SAFE | {"overlap_score_credit": 4.0}
     assert second.decision_s is not None and second.faults == ()
 
@@ -163,3 +165,29 @@ def test_bad_specs_and_settings_name_the_rule():
 
 def _config() -> SidecarConfig:
     return SidecarConfig("http://127.0.0.1:1", "http://127.0.0.1:2", "m", "t", "t", interval_s=5.0)
+
+
+def test_a_policy_of_another_observation_schema_is_refused_by_field(tmp_path):
+    import json
+
+    folder = tmp_path / "policy"
+    shutil.copytree(SHIPPED / "export", folder)
+    spec = json.loads((folder / "policy.json").read_text())
+    spec["observation"]["schema_version"] = 2
+    (folder / "policy.json").write_text(json.dumps(spec))
+    with pytest.raises(PolicyLoadError, match=r"policy\.json.*observation\.schema_version"):
+        load_policy(str(folder), SAFE)
+
+
+def test_the_cli_names_what_is_wrong_without_a_traceback(tmp_path):
+    from tests.test_cli_errors import assert_user_error, run_cli
+
+    missing = tmp_path / "nowhere"
+    assert_user_error(
+        run_cli("sidecar", "--policy", "knee", "--workdir", str(missing)), "no deployment recorded"
+    )
+    assert_user_error(
+        run_cli("sidecar", "--policy", "knee", "--frontend-url", "http://127.0.0.1:9"),
+        "frontend_url, control_url and model_name go together",
+    )
+    assert_user_error(run_cli("bench", "--sidecar", "--policy", str(missing)), "no policy.json", str(missing))

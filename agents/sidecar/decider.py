@@ -109,6 +109,10 @@ class Decider:
         else:
             self._faults[kind] = message
 
+    def adopt_knobs(self, knobs: Mapping[str, float]) -> None:
+        """The knobs in force before the first decision (the router's own), where it has them."""
+        self.knobs = {name: float(knobs.get(name, value)) for name, value in self.knobs.items()}
+
     def replace_policy(self, policy: LoadedPolicy) -> None:
         """A new policy with the same observation layout (the builder's history carries over)."""
         if policy.observation != self.policy.observation:

@@ -140,6 +140,7 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=self.config.http_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
+            await self._adopt_router_knobs(session)
             next_s = loop.time()
             while not stop.is_set() and (num_intervals is None or self.num_intervals < num_intervals):
                 await self.tick(session)
@@ -159,12 +160,22 @@ class Sidecar:
             decision = self.decider.read_failed(f"{type(error).__name__}: {error}")
         else:
             decision = self.decider.observe(snapshot)
-        await self._apply(session, decision.knobs)
+        if decision.source != "hold":  # a hold leaves the router's knobs alone
+            await self._apply(session, decision.knobs)
         self.metrics.record(decision)
         self._log(decision)
         self.last_decision = decision
         self.num_intervals += 1
         return decision
+
+    async def _adopt_router_knobs(self, session: Any) -> None:
+        """Start from the knobs the router has in force: the policy's first observation names
+        them as the last action."""
+        try:
+            knobs = json.loads(await _get_text(session, self.config.control_url + "/knobs"))
+            self.decider.adopt_knobs(knobs)
+        except Exception as error:  # the first interval's read reports an unreachable router
+            log.warning("could not read the knob router's knobs (%s); assuming the safe setting", error)
 
     def set_operator_hold(self, safe: bool) -> None:
         self.decider.set_fault("operator", "an operator asked for the safe setting" if safe else None)

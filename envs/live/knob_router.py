@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from envs.live.decisions import DecisionLog, LiveDecision
 from envs.live.scoring import Choice, WorkerState, choose_worker, knobs_for, worker_states
@@ -54,6 +54,8 @@ from envs.sim.config import RouterConfig
 KNOB_NAMES = ("overlap_score_credit", "prefill_load_scale", "router_temperature")
 TOKEN_ENV = "POA_GYM_CONTROL_TOKEN"
 ROLES = ("aggregated", "prefill")
+DISCOVERY_BACKENDS = ("file", "etcd", "kubernetes", "mem")  # dynamo.common.utils.runtime.create_runtime's
+REQUEST_PLANES = ("tcp", "nats")
 # How long a worker that refused a request is passed over (it is tried again after, in case it
 # came back; discovery drops a dead one well within this).
 QUARANTINE_S = 10.0
@@ -74,6 +76,9 @@ class KnobRouterConfig:
     knobs: Mapping[str, float] = field(default_factory=dict)  # the initial override
     control_host: str = "127.0.0.1"
     control_port: int = 0
+    # As the workers run: "file"/"tcp" locally; "etcd" or "kubernetes", and "nats" or "tcp", on a cluster.
+    discovery_backend: str = "file"
+    request_plane: str = "tcp"
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -84,6 +89,11 @@ class KnobRouterConfig:
         if self.block_size < 1 or not 0 <= self.control_port < 65536:
             raise ValueError("block_size >= 1 and control_port in [0, 65535]")
         validate_knobs(self.knobs)
+        if self.discovery_backend not in DISCOVERY_BACKENDS or self.request_plane not in REQUEST_PLANES:
+            raise ValueError(
+                f"discovery_backend must be one of {DISCOVERY_BACKENDS} and request_plane one of "
+                f"{REQUEST_PLANES}, got {self.discovery_backend!r} and {self.request_plane!r}"
+            )
         if self.router.get("mode", "kv") != "kv":
             raise ValueError("router.mode: the knob router prices Dynamo's KV cost; needs mode kv")
 
@@ -130,6 +140,13 @@ class RoutingLedger:
             "poa_gym_router_cached_tokens",
             "prompt tokens the worker found in its prefix cache",
             ["worker_id"],
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "poa_gym_router_stage_seconds",
+            "time per request in the knob router, by stage: choose (state + cost) or forward",
+            ["stage"],
+            buckets=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5),
             registry=self.registry,
         )
         self._errors = Counter(
@@ -266,16 +283,24 @@ class KnobRouter:
         failed: set[int] = set()
         while True:
             async with self._deciding:
+                start_s = time.perf_counter()
                 choice = await self.choose(list(request["token_ids"]), frozenset(failed))
                 self._log(choice, len(request["token_ids"]), context)
-                try:
-                    return choice, await self._kv_router.generate_from_request(self._pinned(request, choice))
-                except Exception:
-                    self._quarantine[choice.worker.worker_id] = time.monotonic() + QUARANTINE_S
-                    if len(failed) + 1 >= len(choice.states):
-                        raise
-                    failed.add(choice.worker.worker_id)
-                    self.ledger.record_retry()
+                chosen_s = time.perf_counter()
+                self.ledger.stage_seconds.labels("choose").observe(chosen_s - start_s)
+                # The runtime starts the forward (and books the request) when it is called; awaiting
+                # its stream outside the lock lets the next decision proceed meanwhile.
+                forward = self._kv_router.generate_from_request(self._pinned(request, choice))
+            try:
+                stream = await forward
+                self.ledger.stage_seconds.labels("forward").observe(time.perf_counter() - chosen_s)
+                return choice, stream
+            except Exception:
+                self._quarantine[choice.worker.worker_id] = time.monotonic() + QUARANTINE_S
+                if len(failed) + 1 >= len(choice.states):
+                    raise
+                failed.add(choice.worker.worker_id)
+                self.ledger.record_retry()
 
     async def generate(self, request: Mapping[str, Any], context: Any = None) -> AsyncIterator[Any]:
         try:
@@ -324,7 +349,7 @@ async def serve(config: KnobRouterConfig, token: str) -> None:
     from dynamo.common.utils.runtime import create_runtime
     from dynamo.llm import KvRouter, KvRouterConfig, ModelInput, ModelType, WorkerType, register_model
 
-    runtime, _ = create_runtime("file", "tcp")
+    runtime, _ = create_runtime(config.discovery_backend, config.request_plane)
     # The KvRouter only keeps the index and the load books (its own scoring is not used); a
     # credit above 0 keeps its KV-event index on whatever the scenario's credit is.
     bookkeeping = {**config.kv_router, "overlap_score_credit": 1.0}
