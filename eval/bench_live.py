@@ -176,7 +176,7 @@ def bench_soak(
         try:
             time.sleep(3.0)
             start_s, sent, failed = time.monotonic(), 0, 0
-            while (elapsed_s := time.monotonic() - start_s) < duration_s:
+            while (elapsed_s := time.monotonic() - start_s) < duration_s - 1.0:
                 chunk_s = min(sample_s, duration_s - elapsed_s)
                 result = asyncio.run(open_loop(deployment, rate_rps, chunk_s, seed=len(samples) + 100))
                 sent, failed = sent + result.num_sent, failed + result.num_failed
