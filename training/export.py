@@ -166,23 +166,28 @@ def _write_onnx(policy: ActorCriticPolicy, num_features: int, path: Path) -> Non
     # Batch 2 in the example keeps torch.export from specialising the batch axis to the constant 1.
     was_training = policy.training
     policy.set_training_mode(False)
-    actor = _DeterministicActor(policy).eval()
-    example = torch.zeros((2, num_features), dtype=torch.float32)
     try:
-        with _quiet_exporter(), torch.no_grad():
-            program = torch.onnx.export(
-                actor,
-                (example,),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=OPSET,
-                dynamo=True,
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                verbose=False,
-            )
-            program.save(str(path))
+        write_actor_onnx(_DeterministicActor(policy).eval(), num_features, path)
     finally:
         policy.set_training_mode(was_training)  # the caller may go on training this model
+
+
+def write_actor_onnx(actor: torch.nn.Module, num_features: int, path: Path) -> None:
+    """Export `actor` (normalised observation batch -> action batch in [-1, 1]) and check it;
+    SB3's and RLlib's policies both go through here."""
+    example = torch.zeros((2, num_features), dtype=torch.float32)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            actor,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
+        program.save(str(path))
     onnx.checker.check_model(str(path), full_check=True)
 
 

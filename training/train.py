@@ -97,7 +97,7 @@ def train(config: TrainConfig, request: TrainRequest) -> TrainResult:
         validation.validate()  # the end of training is a candidate too
     train_wall_s = time.perf_counter() - start_s
     venv.close()
-    table = _final_test(config, out_dir, jobs, run) if request.final_test else {}
+    table = final_test(config, out_dir, jobs, run) if request.final_test else {}
     knee_score = validation.history[-1]["knee_score"]
     wandb_dir = _finish_wandb(run, validation.best, knee_score) if run is not None else None
     return TrainResult(
@@ -184,7 +184,7 @@ def _callbacks(config: TrainConfig, out_dir: Path, jobs: int) -> tuple[list[Any]
     return [RolloutMetricsCallback(), SnapshotCallback(config, out_dir / LAST_DIR), validation], validation
 
 
-def _final_test(config: TrainConfig, out_dir: Path, jobs: int, run: Any) -> dict[str, Any]:
+def final_test(config: TrainConfig, out_dir: Path, jobs: int, run: Any) -> dict[str, Any]:
     """The selected policy, the knee controller and the default on the held-out test seeds."""
     from eval.eval_report import write_plots, write_results
     from eval.evaluate import EVAL_SEED_BASE

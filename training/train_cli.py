@@ -37,6 +37,10 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--jobs", type=int, default=0, help="evaluation processes (default: one per core)")
     parser.add_argument("--no-test", action="store_true", help="skip the final test on held-out seeds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray = parser.add_argument_group("RLlib (pip install 'poa-gym[ray]')")
+    ray.add_argument("--engine", choices=("sb3", "rllib"), default="sb3", help="the PPO implementation")
+    ray.add_argument("--ray-address", help="a Ray cluster (auto or HOST:PORT); default: a local one")
+    ray.add_argument("--num-env-runners", type=int, help="RLlib rollout workers (default: n_envs)")
     parser.set_defaults(handler=cmd_train)
 
 
@@ -44,6 +48,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.checkpoint import CONFIG_FILE
     from training.config import load_train_config
 
+    if args.engine == "rllib" and args.resume:
+        raise UserError("--resume is for --engine sb3; an RLlib run restarts from its config")
     if args.resume and args.config is not None:
         raise UserError("--resume continues with the run's own config.yaml; drop --config")
     for flag in ("timesteps", "n_envs", "jobs"):
@@ -56,6 +62,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config.with_overrides(n_timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed)
     except ValueError as error:
         raise UserError(f"train: {error}") from None
+    if args.engine == "rllib":
+        return _train_rllib(args, config)
+    if args.ray_address or args.num_env_runners:
+        raise UserError("--ray-address and --num-env-runners go with --engine rllib")
     from training.train import TrainRequest, train
 
     request = TrainRequest(
@@ -74,6 +84,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(config, request)
     _print_result(result)
     console.print(f"command: {shlex.join(request.command)}")
+    return 0
+
+
+def _train_rllib(args: argparse.Namespace, config: Any) -> int:
+    from training.rllib_train import RllibRequest, ray_missing, train_rllib
+
+    if args.num_env_runners is not None and args.num_env_runners < 1:
+        raise UserError("--num-env-runners must be >= 1")
+    if ray_missing():
+        raise UserError("--engine rllib needs Ray's RLlib: pip install 'poa-gym[ray]'")
+    request = RllibRequest(
+        out_dir=args.out,
+        ray_address=args.ray_address,
+        num_env_runners=args.num_env_runners,
+        final_test=not args.no_test,
+        jobs=args.jobs,
+        command=("poa-gym", *sys.argv[1:]) if sys.argv[1:2] == ["train"] else ("poa-gym", "train"),
+        progress=not args.no_progress,
+        wandb=args.wandb,
+        wandb_project=args.wandb_project,
+    )
+    console.print(f"RLlib PPO: {config.n_timesteps} steps, seed {config.seed} -> {args.out}")
+    result = train_rllib(config, request)
+    out.print(
+        f"{result.num_timesteps} steps in {result.num_iterations} iterations, {result.train_wall_s:.0f} s; "
+        f"exported to {args.out}/export (evaluate with `poa-gym eval ... --policies ppo:{args.out}`)"
+    )
+    for scenario, entry in result.comparison.items():
+        ratios = ", ".join(f"{k}={_fmt(v, '{:.3f}')}" for k, v in entry["ratios"].items())
+        out.print(f"{scenario}: {ratios}")
     return 0
 
 

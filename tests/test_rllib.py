@@ -1,0 +1,112 @@
+"""RLlib's PPO on a local 2-CPU Ray instance: `poa-gym train --engine rllib` end to end.
+
+Oracles: the checkpoint's own RL module (restored from `rllib/`, not the in-memory one) against
+the exported ONNX graph run by onnxruntime, on observations the environment produced (the
+clipped Gaussian mean to 1e-5); the export loads in the sidecar's loader and in `poa-gym eval`'s
+registry for the training environment's knobs and features; RLlib's logged env steps equal the
+requested budget rounded up to whole batches.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.rllib_train import ray_missing
+
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.skipif(ray_missing(), reason="Ray's RLlib not installed (pip install 'poa-gym[ray]')"),
+]
+
+CONFIG = """\
+PoAGym/DisaggRouting-v0:
+  n_envs: 1
+  n_timesteps: 96
+  policy: MlpPolicy
+  n_steps: 48
+  batch_size: 48
+  n_epochs: 2
+  gamma: 0.9
+  gae_lambda: 0.9
+  learning_rate: !!float 3e-4
+  policy_kwargs: "{'net_arch': {'pi': [32, 32], 'vf': [32, 32]}}"
+  env_kwargs:
+    scenarios: [llama70b-b200-3p3d-multiturn]
+    schedules: [{kind: ramp, low: 32, high: 128, jitter: 0.3}]
+    num_intervals: 12
+poa-gym:
+  seed: 0
+  start_at_defaults: false
+  eval:
+    scenarios: [llama70b-b200-3p3d-multiturn]
+    knee_bands: {llama70b-b200-3p3d-multiturn: [16, 32]}
+    schedule: {kind: ramp, low: 32, high: 128}
+    num_intervals: 12
+    num_validation_seeds: 1
+    num_test_seeds: 0
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    from tests.test_cli_errors import run_cli
+
+    root = tmp_path_factory.mktemp("rllib")
+    (root / "config.yaml").write_text(CONFIG)
+    out = root / "run"
+    done = run_cli("train", "--engine", "rllib", "--config", str(root / "config.yaml"), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_the_checkpoint_exports_what_its_module_computes(run):
+    import torch
+    from ray.rllib.core.rl_module import RLModule
+
+    from agents.onnx_policy import OnnxPolicy
+    from envs.disagg_env import DisaggRoutingEnv
+
+    module = RLModule.from_checkpoint(
+        run / "rllib" / "learner_group" / "learner" / "rl_module" / "default_policy"
+    )
+    policy = OnnxPolicy.load(run)
+    env = DisaggRoutingEnv({"scenarios": ["llama70b-b200-3p3d-multiturn"], "num_intervals": 12})
+    observations = [env.reset(seed=5)[0]]
+    for _ in range(11):
+        observations.append(env.step(env.action_space.sample())[0])
+    batch = np.stack(observations).astype(np.float32)
+    with torch.no_grad():
+        inputs = module.forward_inference({"obs": torch.from_numpy(batch)})["action_dist_inputs"].numpy()
+    expected = np.clip(inputs[:, : len(policy.knobs)], -1.0, 1.0)
+    actions, _ = policy.predict(batch)
+    assert np.max(np.abs(actions - expected)) < 1e-5
+    policy.check_matches(env.knobs, env.obs_config.feature_names)
+
+
+def test_the_export_runs_in_eval_and_the_steps_are_logged(run):
+    from agents.base import PolicyContext
+    from agents.registry import resolve
+    from envs.disagg_env import DisaggRoutingEnv
+
+    env = DisaggRoutingEnv({"scenarios": ["llama70b-b200-3p3d-multiturn"], "num_intervals": 12})
+    policy = resolve(f"ppo:{run}").build(PolicyContext.from_env(env))
+    action, _ = policy.predict(env.reset(seed=1)[0])
+    assert env.action_space.contains(action.astype(np.float32))
+    with (run / "logs" / "progress.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r["env_steps"]) for r in rows] == [48, 96]
+    assert (run / "config.yaml").is_file() and (run / "run.json").is_file()
+
+
+def test_rllib_flags_say_what_they_need(tmp_path):
+    from tests.test_cli_errors import assert_user_error, run_cli
+
+    assert_user_error(run_cli("train", "--ray-address", "auto", "--out", str(tmp_path)), "--engine rllib")
+    assert_user_error(
+        run_cli("train", "--engine", "rllib", "--resume", "--out", str(tmp_path)),
+        "--resume is for --engine sb3",
+    )

@@ -1,0 +1,217 @@
+"""`poa-gym train --engine rllib`: RLlib's PPO on the same environment, config and export contract.
+
+RLlib does not see Gymnasium's registry, so the environment is registered with Ray's
+`register_env` and built from the same `env` config dict as SB3's run. The config's SB3 PPO
+settings map onto RLlib's (`RLLIB_NAMES`); `n_steps * num_env_runners` steps make one training
+batch. Without `--ray-address` a local Ray instance starts on the machine's cores; with it, the
+run joins an existing cluster, shipping this project's packages as `py_modules`.
+
+The checkpoint directory keeps the SB3 layout where it can: `config.yaml`, `run.json`, `logs/`
+(`progress.csv`), `export/` (`policy.onnx` + `policy.json`, so `poa-gym eval ppo:DIR` and the
+sidecar take it unchanged) and `eval.json`; RLlib's own checkpoint is `rllib/` in place of
+`model.zip`. Observations are not normalised (RLlib's `MeanStdFilter` differs from VecNormalize
+in its formula), so the export says `normalization.enabled: false`; the features are O(1) by
+design (`envs/observation.py`).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.errors import UserError
+from training.checkpoint import CONFIG_FILE, EXPORT_DIR, write_config, write_run_info
+from training.config import TrainConfig
+
+RLLIB_DIR = "rllib"
+ENV_NAME = "poa-gym-disagg-routing"
+# SB3 PPO setting -> RLlib PPOConfig.training keyword.
+RLLIB_NAMES = {
+    "learning_rate": "lr",
+    "gamma": "gamma",
+    "gae_lambda": "lambda_",
+    "n_epochs": "num_epochs",
+    "batch_size": "minibatch_size",
+    "clip_range": "clip_param",
+    "ent_coef": "entropy_coeff",
+    "vf_coef": "vf_loss_coeff",
+    "max_grad_norm": "grad_clip",
+}
+PACKAGES = ("envs", "agents", "training", "eval")
+
+
+@dataclass(frozen=True, slots=True)
+class RllibRequest:
+    out_dir: Path
+    ray_address: str | None = None
+    num_env_runners: int | None = None  # None: the config's n_envs
+    final_test: bool = True
+    jobs: int = 0
+    command: tuple[str, ...] = ()
+    progress: bool = True
+    wandb: bool = False
+    wandb_project: str = "poa-gym"
+
+
+@dataclass(frozen=True, slots=True)
+class RllibResult:
+    out_dir: Path
+    num_timesteps: int
+    num_iterations: int
+    train_wall_s: float
+    comparison: dict[str, Any]
+
+
+class RllibActor(torch.nn.Module):
+    """obs -> the RL module's action distribution inputs -> the mean (their first half) -> clip."""
+
+    def __init__(self, module: Any, num_knobs: int) -> None:
+        super().__init__()
+        self.module = module
+        self.num_knobs = num_knobs
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        inputs = self.module.forward_inference({"obs": observation})["action_dist_inputs"]
+        return torch.clamp(inputs[:, : self.num_knobs], -1.0, 1.0)
+
+
+def ray_missing() -> bool:
+    return importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.rllib") is None
+
+
+def _make_env(env_config: dict[str, Any]) -> Any:
+    from envs.disagg_env import DisaggRoutingEnv
+
+    return DisaggRoutingEnv(dict(env_config))
+
+
+def ppo_config(config: TrainConfig, num_env_runners: int) -> Any:
+    """RLlib's PPOConfig for the run: the same environment, spaces, network and PPO settings."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    ppo = dict(config.ppo)
+    n_steps = int(ppo.get("n_steps", 2048))
+    training = {RLLIB_NAMES[k]: v for k, v in ppo.items() if k in RLLIB_NAMES and not callable(v)}
+    training["train_batch_size_per_learner"] = n_steps * max(1, num_env_runners)
+    hidden = list((ppo.get("policy_kwargs") or {}).get("net_arch", {}).get("pi", [64, 64]))
+    return (
+        PPOConfig()
+        .environment(ENV_NAME, env_config=dict(config.env))
+        .env_runners(
+            num_env_runners=num_env_runners, num_envs_per_env_runner=1, rollout_fragment_length=n_steps
+        )
+        .training(**training)
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=hidden, fcnet_activation="tanh"))
+        .debugging(seed=config.seed)
+    )
+
+
+def train_rllib(config: TrainConfig, request: RllibRequest) -> RllibResult:
+    """Train for `n_timesteps`, export, and test the export as `poa-gym train` does."""
+    if ray_missing():
+        raise UserError("--engine rllib needs Ray's RLlib: pip install 'poa-gym[ray]'")
+    import ray
+    from ray.tune.registry import register_env
+
+    out_dir = request.out_dir
+    if (out_dir / RLLIB_DIR).exists():
+        raise UserError(f"{out_dir}: holds an RLlib run already; pass another --out")
+    write_config(config, out_dir)
+    write_run_info(out_dir, request.command)
+    num_env_runners = request.num_env_runners or config.n_envs
+    run = None
+    if request.wandb:
+        from training import wandb_run
+
+        run, _ = wandb_run.start(config.to_yaml_dict(), out_dir, request.wandb_project, out_dir.name)
+    _init_ray(request.ray_address, num_env_runners)
+    try:
+        register_env(ENV_NAME, _make_env)
+        algo = ppo_config(config, num_env_runners).build_algo()
+        start_s = time.perf_counter()
+        steps, iterations = _train_loop(algo, config.n_timesteps, out_dir, request.progress, run)
+        train_wall_s = time.perf_counter() - start_s
+        algo.save_to_path(str((out_dir / RLLIB_DIR).resolve()))
+        export_rllib_module(algo.get_module(), out_dir / CONFIG_FILE, out_dir / EXPORT_DIR)
+        algo.stop()
+    finally:
+        ray.shutdown()
+    table = _final_test(config, out_dir, request.jobs, run) if request.final_test else {}
+    if run is not None:
+        from training import wandb_run
+
+        wandb_run.finish(run)
+    return RllibResult(out_dir, steps, iterations, train_wall_s, table)
+
+
+def _init_ray(address: str | None, num_env_runners: int) -> None:
+    import ray
+
+    if address:
+        root = Path(__file__).resolve().parents[1]
+        modules = [str(root / name) for name in PACKAGES]
+        ray.init(address=address, runtime_env={"py_modules": modules}, log_to_driver=False)
+        return
+    # A local instance: the driver's learner plus one CPU per env runner.
+    num_cpus = max(os.cpu_count() or 1, num_env_runners + 1)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def _train_loop(algo: Any, total_steps: int, out_dir: Path, progress: bool, run: Any) -> tuple[int, int]:
+    """`algo.train()` until `total_steps`; each iteration to logs/progress.csv and, with a W&B run,
+    under SB3's metric names (`rollout/ep_rew_mean`, `time/total_timesteps`)."""
+    from tqdm import tqdm
+
+    logs = out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    steps, iterations = 0, 0
+    with (
+        (logs / "progress.csv").open("w", newline="") as file,
+        tqdm(total=total_steps, disable=not progress, unit="step") as bar,
+    ):
+        writer = csv.writer(file)
+        writer.writerow(["iteration", "env_steps", "episode_return_mean", "time_s"])
+        start_s = time.perf_counter()
+        while steps < total_steps:
+            result = algo.train()
+            runners = result.get("env_runners", {})
+            new_steps = int(runners.get("num_env_steps_sampled_lifetime", steps))
+            bar.update(new_steps - steps)
+            steps, iterations = new_steps, iterations + 1
+            episode_return = runners.get("episode_return_mean")
+            writer.writerow([iterations, steps, episode_return, time.perf_counter() - start_s])
+            file.flush()
+            if run is not None:
+                run.log({"rollout/ep_rew_mean": episode_return, "time/total_timesteps": steps}, step=steps)
+    return steps, iterations
+
+
+def export_rllib_module(module: Any, config_path: Path, out_dir: Path) -> Any:
+    """The RL module's deterministic action (the Gaussian's mean, clipped to [-1, 1]) as
+    `policy.onnx`, with `policy.json` for the environment in config.yaml."""
+    from training.export import ExportedPolicy, _default_opset, _env_facts, _policy_spec, write_actor_onnx
+
+    knobs, feature_names, interval_s = _env_facts(config_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "policy.onnx"
+    write_actor_onnx(RllibActor(module, len(knobs)).eval(), len(feature_names), onnx_path)
+    opset = _default_opset(onnx_path)
+    spec = _policy_spec(None, knobs, feature_names, interval_s, opset)
+    json_path = out_dir / "policy.json"
+    json_path.write_text(json.dumps(spec, indent=2) + "\n")
+    return ExportedPolicy(out_dir, onnx_path, json_path, opset)
+
+
+def _final_test(config: TrainConfig, out_dir: Path, jobs: int, run: Any) -> dict[str, Any]:
+    from training.train import final_test
+
+    return final_test(config, out_dir, jobs or os.cpu_count() or 1, run)
