@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--steps", type=int, default=40, help="--env: steps per timed rollout")
     bench_sidecar_cli.add_arguments(bench)
+    rollouts = bench.add_argument_group("rollouts on Ray (pip install 'poa-gym[ray]')")
+    rollouts.add_argument("--rollouts", action="store_true", help="environment steps per second vs workers")
+    rollouts.add_argument("--workers", default="1,2", help="--rollouts: worker counts (default: 1,2)")
+    rollouts.add_argument("--ray-address", help="--rollouts: a Ray cluster (default: a local instance)")
     bench.set_defaults(handler=_cmd_bench)
 
     sweep_cli.add_parser(commands)
@@ -282,6 +286,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.requests <= 0 or args.repeats <= 0 or args.steps <= 0:
         raise UserError("--requests, --repeats and --steps must be positive")
+    if args.rollouts:
+        return _bench_rollouts(args)
     if bench_sidecar_cli.wants_sidecar_bench(args):
         return bench_sidecar_cli.run(args)
     if args.env:
@@ -302,6 +308,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         out.print(f"dynamo.replay {result.dynamo_rps:10.0f} simulated requests / wall-second")
         out.print(f"ratio ours/dynamo = {result.ratio:.2f}")
+    return 0
+
+
+def _bench_rollouts(args: argparse.Namespace) -> int:
+    from eval.ray_engine import INSTALL_HINT, ray_missing
+
+    if ray_missing():
+        raise UserError(f"--rollouts needs Ray: {INSTALL_HINT}")
+    try:
+        workers = [int(part) for part in args.workers.split(",")]
+    except ValueError:
+        raise UserError(f"--workers: expected integers separated by commas, got {args.workers!r}") from None
+    if not workers or min(workers) < 1:
+        raise UserError(f"--workers: every count must be >= 1, got {args.workers!r}")
+    from eval.bench_rollouts import bench_rollouts
+
+    with console.status(f"stepping environments on Ray ({args.steps} steps per worker)"):
+        results = bench_rollouts(workers, args.steps, args.ray_address)
+    if args.json:
+        out.print_json(json.dumps([dataclasses.asdict(r) for r in results]))
+        return 0
+    out.print(f"{os.cpu_count()} CPUs here; {args.steps} environment steps per worker")
+    for r in results:
+        out.print(
+            f"{r.num_workers:3d} workers: {r.steps_per_s:8.1f} steps/s  (x{r.speedup:.2f} over 1 worker)"
+        )
     return 0
 
 

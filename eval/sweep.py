@@ -227,11 +227,20 @@ def steady_state_summary(
 
 
 def run_sweep(
-    plan: SweepPlan, jobs: int, on_run_done: Callable[[SweepRow], None] | None = None
+    plan: SweepPlan,
+    jobs: int,
+    on_run_done: Callable[[SweepRow], None] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> list[SweepRow]:
-    """Run every run of the plan on `jobs` processes; rows come back in plan order."""
+    """Run every run of the plan on `jobs` processes, or as Ray tasks (`engine="ray"`, on a local
+    instance or the cluster at `ray_address`); rows come back in plan order either way."""
     rows: list[SweepRow | None] = [None] * len(plan.runs)
     notify = on_run_done or (lambda row: None)
+    if engine == "ray":
+        from eval.ray_engine import map_on_ray
+
+        return map_on_ray(run_one, plan.runs, ray_address, lambda _, row: notify(row))
     if jobs <= 1 or len(plan.runs) <= 1:
         for run in plan.runs:
             rows[run.index] = row = run_one(run)

@@ -109,6 +109,12 @@ def add_parser(commands: Any) -> None:
     )
     sweep.add_argument("--poa-window", type=int, help="decisions per PoA-hat window (default: pool size)")
     sweep.add_argument("--no-plots", action="store_true", help="write the result files only")
+    sweep.add_argument(
+        "--engine", choices=("local", "ray"), default="local", help="local processes, or Ray tasks"
+    )
+    sweep.add_argument(
+        "--ray-address", help="--engine ray: a cluster (auto or HOST:PORT); default: a local one"
+    )
     sweep.set_defaults(handler=cmd_sweep)
 
 
@@ -136,6 +142,15 @@ def _parse_policy_flags(texts: list[str]) -> list[PolicySpec]:
         raise UserError(f"--policies: {error}") from None
 
 
+def _check_engine(args: argparse.Namespace) -> None:
+    from eval.ray_engine import INSTALL_HINT, ray_missing
+
+    if args.ray_address and args.engine != "ray":
+        raise UserError("--ray-address goes with --engine ray")
+    if args.engine == "ray" and ray_missing():
+        raise UserError(f"--engine ray needs Ray: {INSTALL_HINT}")
+
+
 def _check_counts(args: argparse.Namespace) -> None:
     for flag, value in (("--seeds", args.seeds), ("--jobs", args.jobs)):
         if value < 1:
@@ -148,6 +163,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     concurrencies = parse_concurrency(args.concurrency)
     policies = _parse_policy_flags(args.policies)
     _check_counts(args)
+    _check_engine(args)
     from eval.sweep import aggregate, build_plan
 
     plan = build_plan(
@@ -163,7 +179,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"(the first {plan.warmup_s:g} s are warm-up)",
         highlight=False,
     )
-    rows = _run_with_progress(plan, args.jobs)
+    rows = _run_with_progress(plan, args.jobs, args.engine, args.ray_address)
     from eval.sweep_results import write_results
 
     paths = list(write_results(out_dir, _metadata(args, plan), rows))
@@ -178,7 +194,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_with_progress(plan: SweepPlan, jobs: int) -> list[SweepRow]:
+def _run_with_progress(plan: SweepPlan, jobs: int, engine: str, ray_address: str | None) -> list[SweepRow]:
     from eval.sweep import run_sweep
 
     with Progress(
@@ -186,7 +202,7 @@ def _run_with_progress(plan: SweepPlan, jobs: int) -> list[SweepRow]:
         console=console,
     ) as bar:  # fmt: skip
         task = bar.add_task("", total=len(plan.runs))
-        return run_sweep(plan, jobs, lambda row: bar.advance(task))
+        return run_sweep(plan, jobs, lambda row: bar.advance(task), engine, ray_address)
 
 
 def canonical_command(args: argparse.Namespace) -> str:

@@ -4,7 +4,7 @@ RLlib does not see Gymnasium's registry, so the environment is registered with R
 `register_env` and built from the same `env` config dict as SB3's run. The config's SB3 PPO
 settings map onto RLlib's (`RLLIB_NAMES`); `n_steps * num_env_runners` steps make one training
 batch. Without `--ray-address` a local Ray instance starts on the machine's cores; with it, the
-run joins an existing cluster, shipping this project's packages as `py_modules`.
+run joins an existing cluster (`eval.ray_engine.init_ray`).
 
 The checkpoint directory keeps the SB3 layout where it can: `config.yaml`, `run.json`, `logs/`
 (`progress.csv`), `export/` (`policy.onnx` + `policy.json`, so `poa-gym eval ppo:DIR` and the
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from eval.errors import UserError
+from eval.ray_engine import init_ray
 from training.checkpoint import CONFIG_FILE, EXPORT_DIR, write_config, write_run_info
 from training.config import TrainConfig
 
@@ -45,7 +46,6 @@ RLLIB_NAMES = {
     "vf_coef": "vf_loss_coeff",
     "max_grad_norm": "grad_clip",
 }
-PACKAGES = ("envs", "agents", "training", "eval")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,7 @@ def train_rllib(config: TrainConfig, request: RllibRequest) -> RllibResult:
         from training import wandb_run
 
         run, _ = wandb_run.start(config.to_yaml_dict(), out_dir, request.wandb_project, out_dir.name)
-    _init_ray(request.ray_address, num_env_runners)
+    started = init_ray(request.ray_address, min_cpus=num_env_runners + 1)  # + the learner
     try:
         register_env(ENV_NAME, _make_env)
         algo = ppo_config(config, num_env_runners).build_algo()
@@ -144,26 +144,14 @@ def train_rllib(config: TrainConfig, request: RllibRequest) -> RllibResult:
         export_rllib_module(algo.get_module(), out_dir / CONFIG_FILE, out_dir / EXPORT_DIR)
         algo.stop()
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     table = _final_test(config, out_dir, request.jobs, run) if request.final_test else {}
     if run is not None:
         from training import wandb_run
 
         wandb_run.finish(run)
     return RllibResult(out_dir, steps, iterations, train_wall_s, table)
-
-
-def _init_ray(address: str | None, num_env_runners: int) -> None:
-    import ray
-
-    if address:
-        root = Path(__file__).resolve().parents[1]
-        modules = [str(root / name) for name in PACKAGES]
-        ray.init(address=address, runtime_env={"py_modules": modules}, log_to_driver=False)
-        return
-    # A local instance: the driver's learner plus one CPU per env runner.
-    num_cpus = max(os.cpu_count() or 1, num_env_runners + 1)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def _train_loop(algo: Any, total_steps: int, out_dir: Path, progress: bool, run: Any) -> tuple[int, int]:

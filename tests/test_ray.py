@@ -1,10 +1,12 @@
-"""RLlib's PPO on a local 2-CPU Ray instance: `poa-gym train --engine rllib` end to end.
+"""Ray on a local 2-CPU instance: `poa-gym train --engine rllib` end to end, and
+`poa-gym sweep --engine ray` against the local sweep.
 
 Oracles: the checkpoint's own RL module (restored from `rllib/`, not the in-memory one) against
 the exported ONNX graph run by onnxruntime, on observations the environment produced (the
 clipped Gaussian mean to 1e-5); the export loads in the sidecar's loader and in `poa-gym eval`'s
 registry for the training environment's knobs and features; RLlib's logged env steps equal the
-requested budget rounded up to whole batches.
+requested budget rounded up to whole batches; the Ray sweep's result files byte for byte against
+the local sweep's with the same seeds.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.rllib_train import ray_missing
+from eval.ray_engine import ray_missing
 
 pytestmark = [
     pytest.mark.ray,
@@ -110,3 +112,16 @@ def test_rllib_flags_say_what_they_need(tmp_path):
         run_cli("train", "--engine", "rllib", "--resume", "--out", str(tmp_path)),
         "--resume is for --engine sb3",
     )
+
+
+def test_a_ray_sweep_writes_the_local_sweeps_files(tmp_path):
+    from tests.test_cli_errors import assert_user_error, run_cli
+    from tests.test_sweep import TINY
+
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    assert run_cli(*TINY, "--jobs", "1", "--out", str(local), "--no-plots").returncode == 0
+    done = run_cli(*TINY, "--engine", "ray", "--out", str(distributed), "--no-plots")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("results.json", "results.csv"):
+        assert (local / name).read_bytes() == (distributed / name).read_bytes(), name
+    assert_user_error(run_cli(*TINY, "--ray-address", "auto", "--out", str(tmp_path / "x")), "--engine ray")
