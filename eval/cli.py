@@ -28,7 +28,7 @@ from envs.sim.metrics import Summary, summarize
 from eval import bench_sidecar_cli, dynamo_cli, eval_cli, live_check_cli, profile_cli, regimes_cli, sweep_cli
 from eval.errors import UserError
 from eval.runner import run_scenario
-from training import export_cli, train_cli
+from training import export_cli, train_cli, tune_cli
 
 console = Console(stderr=True)
 # Wide tables stay readable when piped to a file or a CI log (rich assumes 80 columns there).
@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     export_cli.add_parser(commands)
     dynamo_cli.add_parser(commands)
     sidecar_cli.add_parser(commands)
+    tune_cli.add_parser(commands)
     return parser
 
 

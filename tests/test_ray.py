@@ -6,7 +6,8 @@ the exported ONNX graph run by onnxruntime, on observations the environment prod
 clipped Gaussian mean to 1e-5); the export loads in the sidecar's loader and in `poa-gym eval`'s
 registry for the training environment's knobs and features; RLlib's logged env steps equal the
 requested budget rounded up to whole batches; the Ray sweep's result files byte for byte against
-the local sweep's with the same seeds.
+the local sweep's with the same seeds; a Tune trial's validation against the same training run
+by `poa-gym train` (a twin run: training is deterministic).
 """
 
 from __future__ import annotations
@@ -125,3 +126,68 @@ def test_a_ray_sweep_writes_the_local_sweeps_files(tmp_path):
     for name in ("results.json", "results.csv"):
         assert (local / name).read_bytes() == (distributed / name).read_bytes(), name
     assert_user_error(run_cli(*TINY, "--ray-address", "auto", "--out", str(tmp_path / "x")), "--engine ray")
+
+
+TINY_SB3 = """\
+PoAGym/DisaggRouting-v0:
+  n_envs: 1
+  n_timesteps: 64
+  policy: MlpPolicy
+  n_steps: 32
+  batch_size: 32
+  n_epochs: 2
+  env_kwargs:
+    scenarios: [llama70b-b200-3p3d-multiturn]
+    schedules: [{kind: ramp, low: 32, high: 128}]
+    num_intervals: 12
+poa-gym:
+  seed: 0
+  save_every_steps: 64
+  eval:
+    scenarios: [llama70b-b200-3p3d-multiturn]
+    knee_bands: {llama70b-b200-3p3d-multiturn: [16, 32]}
+    schedule: {kind: ramp, low: 32, high: 128}
+    num_intervals: 12
+    num_validation_seeds: 1
+    every_steps: 64
+    num_test_seeds: 0
+"""
+
+
+def test_tune_trials_match_the_same_trainings_run_alone(tmp_path):
+    import json
+
+    from tests.test_cli_errors import run_cli
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_SB3)
+    done = run_cli("tune", "--config", str(config), "--grid", "seed=0,1", "--out", str(tmp_path / "tune"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert [(r["trial"], r["seed"]) for r in rows] == [("seed=0", 0), ("seed=1", 1)]
+    alone = run_cli(
+        "train", "--config", str(config), "--seed", "1", "--out", str(tmp_path / "alone"), "--no-progress"
+    )
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    history = json.loads((tmp_path / "alone" / "validation.json").read_text())
+    assert rows[1]["best_validation"] == max(h["score"] for h in history)
+    assert rows[0]["best_validation"] != rows[1]["best_validation"]
+
+
+def test_grid_values_are_yaml_and_bad_keys_are_named():
+    from eval.errors import UserError
+    from training.config import load_train_config
+    from training.tune import parse_grid, trials
+
+    grid = parse_grid(
+        ["env.scenarios=[llama70b-b200-1p2d],[agg-4w-prefix, llama70b-b200-1p2d]", "gamma=0.9,0.99"]
+    )
+    assert grid["env.scenarios"] == [["llama70b-b200-1p2d"], ["agg-4w-prefix", "llama70b-b200-1p2d"]]
+    base = load_train_config(None)
+    found = trials(base, grid)
+    assert len(found) == 4 and found[3].config.ppo["gamma"] == 0.99
+    assert list(found[3].config.env["scenarios"]) == ["agg-4w-prefix", "llama70b-b200-1p2d"]
+    with pytest.raises(UserError, match=r"not arguments of stable_baselines3\.PPO"):
+        trials(base, parse_grid(["learning_rat=0.1"]))
+    with pytest.raises(UserError, match="expected KEY=V1,V2"):
+        parse_grid(["seed"])
