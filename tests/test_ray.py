@@ -61,7 +61,12 @@ def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rllib")
     (root / "config.yaml").write_text(CONFIG)
     out = root / "run"
-    done = run_cli("train", "--engine", "rllib", "--config", str(root / "config.yaml"), "--out", str(out))
+    with pytest.MonkeyPatch.context() as patch:  # W&B offline whatever credentials the machine has
+        patch.setenv("WANDB_MODE", "offline")
+        patch.setenv("WANDB_SILENT", "true")
+        done = run_cli(
+            "train", "--engine", "rllib", "--config", str(root / "config.yaml"), "--out", str(out), "--wandb"
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -103,6 +108,14 @@ def test_the_export_runs_in_eval_and_the_steps_are_logged(run):
         rows = list(csv.DictReader(file))
     assert [int(r["env_steps"]) for r in rows] == [48, 96]
     assert (run / "config.yaml").is_file() and (run / "run.json").is_file()
+
+
+def test_the_wandb_offline_run_holds_sb3s_metric_names(run):
+    from tests.test_training import wandb_history_keys
+
+    run_dirs = list((run / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1
+    assert {"rollout/ep_rew_mean", "time/total_timesteps"} <= wandb_history_keys(run_dirs[0])
 
 
 def test_rllib_flags_say_what_they_need(tmp_path):
