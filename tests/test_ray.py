@@ -204,3 +204,43 @@ def test_grid_values_are_yaml_and_bad_keys_are_named():
         trials(base, parse_grid(["learning_rat=0.1"]))
     with pytest.raises(UserError, match="expected KEY=V1,V2"):
         parse_grid(["seed"])
+
+
+def test_the_initial_policy_sits_on_the_start_knobs(tmp_path):
+    """Built, not trained: the module's mean at a real observation is the start knobs' action and
+    its log-std the config's log_std_init, up to the head's small initial weights (gain 0.01)."""
+    import ray
+    import torch
+    from ray.tune.registry import register_env
+
+    from agents.base import PolicyContext
+    from envs.disagg_env import DisaggRoutingEnv
+    from training.config import load_train_config
+    from training.rllib_train import ENV_NAME, _make_env, ppo_config, start_at_defaults
+
+    text = CONFIG.replace(
+        "start_at_defaults: false", "start_at_defaults: true\n  start_knobs: {overlap_score_credit: 4.0}"
+    )
+    text = text.replace("'vf': [32, 32]}}", "'vf': [32, 32]}, 'log_std_init': -1.0}")
+    (tmp_path / "config.yaml").write_text(text)
+    config = load_train_config(tmp_path / "config.yaml")
+    env = DisaggRoutingEnv(dict(config.env))
+    target = PolicyContext.from_env(env).action_for({"overlap_score_credit": 4.0})
+    observation = torch.as_tensor(env.reset(seed=2)[0][None, :])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        register_env(ENV_NAME, _make_env)
+        algo = ppo_config(config, 1).build_algo()
+        start_at_defaults(algo, config)
+        inputs = (
+            algo.get_module()
+            .forward_inference({"obs": observation})["action_dist_inputs"][0]
+            .detach()
+            .numpy()
+        )
+        algo.stop()
+    finally:
+        ray.shutdown()
+    k = len(target)
+    assert np.max(np.abs(inputs[:k] - target)) < 0.02, (inputs, target)
+    assert np.max(np.abs(inputs[k:] + 1.0)) < 0.02

@@ -11,7 +11,8 @@ The checkpoint directory keeps the SB3 layout where it can: `config.yaml`, `run.
 sidecar take it unchanged) and `eval.json`; RLlib's own checkpoint is `rllib/` in place of
 `model.zip`. Observations are not normalised (RLlib's `MeanStdFilter` differs from VecNormalize
 in its formula), so the export says `normalization.enabled: false`; the features are O(1) by
-design (`envs/observation.py`).
+design (`envs/observation.py`). As with SB3, the initial policy's mean sits on the scenario's
+knobs (`start_at_defaults`, `start_knobs`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from training.config import TrainConfig
 
 RLLIB_DIR = "rllib"
 ENV_NAME = "poa-gym-disagg-routing"
+DEFAULT_MODULE = "default_policy"  # RLlib's module id of a single-agent run
+INITIAL_HEAD_GAIN = 0.01  # SB3 initialises its action head with gain 0.01: the bias is the mean
 # SB3 PPO setting -> RLlib PPOConfig.training keyword.
 RLLIB_NAMES = {
     "learning_rate": "lr",
@@ -137,6 +140,8 @@ def train_rllib(config: TrainConfig, request: RllibRequest) -> RllibResult:
     try:
         register_env(ENV_NAME, _make_env)
         algo = ppo_config(config, num_env_runners).build_algo()
+        if config.start_at_defaults:
+            start_at_defaults(algo, config)
         start_s = time.perf_counter()
         steps, iterations = _train_loop(algo, config.n_timesteps, out_dir, request.progress, run)
         train_wall_s = time.perf_counter() - start_s
@@ -152,6 +157,34 @@ def train_rllib(config: TrainConfig, request: RllibRequest) -> RllibResult:
 
         wandb_run.finish(run)
     return RllibResult(out_dir, steps, iterations, train_wall_s, table)
+
+
+def start_at_defaults(algo: Any, config: TrainConfig) -> None:
+    """Centre the initial Gaussian on the scenario's knobs (or `start_knobs`), and its log-std on
+    `policy_kwargs.log_std_init` if set, as SB3's run does: the policy head's last layer gets
+    SB3's small gain and the bias, on the learner and then on every env runner."""
+    from agents.base import PolicyContext
+
+    env = _make_env(dict(config.env))
+    try:
+        action = PolicyContext.from_env(env).action_for(config.start_knobs)
+    except ValueError as error:
+        raise UserError(f"start_knobs: {error}") from None
+    finally:
+        env.close()
+    log_std = (dict(config.ppo).get("policy_kwargs") or {}).get("log_std_init")
+    num_knobs = len(action)
+
+    def centre(learner: Any) -> None:
+        last = learner.module[DEFAULT_MODULE].pi.net.mlp[-1]
+        with torch.no_grad():
+            last.weight.mul_(INITIAL_HEAD_GAIN)
+            last.bias[:num_knobs] = torch.as_tensor(action, dtype=last.bias.dtype)
+            if log_std is not None:
+                last.bias[num_knobs:] = float(log_std)
+
+    algo.learner_group.foreach_learner(centre)
+    algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
 
 
 def _train_loop(algo: Any, total_steps: int, out_dir: Path, progress: bool, run: Any) -> tuple[int, int]:
