@@ -1,13 +1,14 @@
 """Ray on a local 2-CPU instance: `poa-gym train --engine rllib` end to end, and
 `poa-gym sweep --engine ray` against the local sweep.
 
-Oracles: the checkpoint's own RL module (restored from `rllib/`, not the in-memory one) against
-the exported ONNX graph run by onnxruntime, on observations the environment produced (the
-clipped Gaussian mean to 1e-5); the export loads in the sidecar's loader and in `poa-gym eval`'s
-registry for the training environment's knobs and features; RLlib's logged env steps equal the
-requested budget rounded up to whole batches; the Ray sweep's result files byte for byte against
-the local sweep's with the same seeds; a Tune trial's validation against the same training run
-by `poa-gym train` (a twin run: training is deterministic).
+Oracles: the checkpoint's own RL module and observation filter (restored from `rllib/`, not the
+in-memory ones) against the exported ONNX graph and normalisation run by the loader, on
+observations the environment produced (the clipped Gaussian mean to 1e-5); the export loads in
+the sidecar's loader and in `poa-gym eval`'s registry for the training environment's knobs and
+features; RLlib's logged env steps equal the requested budget rounded up to whole batches; the
+Ray sweep's result files byte for byte against the local sweep's with the same seeds; a Tune
+trial's validation against the same training run by `poa-gym train` (a twin run: training is
+deterministic).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def run(tmp_path_factory) -> Path:
 
 def test_the_checkpoint_exports_what_its_module_computes(run):
     import torch
+    from ray.rllib.connectors.env_to_module import EnvToModulePipeline
+    from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
     from ray.rllib.core.rl_module import RLModule
 
     from agents.onnx_policy import OnnxPolicy
@@ -87,8 +90,13 @@ def test_the_checkpoint_exports_what_its_module_computes(run):
     for _ in range(11):
         observations.append(env.step(env.action_space.sample())[0])
     batch = np.stack(observations).astype(np.float32)
+    # RLlib's own observation filter, restored from the checkpoint, as its env runners apply it.
+    pipeline = EnvToModulePipeline.from_checkpoint(run / "rllib" / "env_runner" / "env_to_module_connector")
+    (piece,) = [c for c in pipeline.connectors if isinstance(c, MeanStdFilter)]
+    (running_filter,) = piece._filters.values()
+    filtered = np.stack([running_filter(o, update=False) for o in batch]).astype(np.float32)
     with torch.no_grad():
-        inputs = module.forward_inference({"obs": torch.from_numpy(batch)})["action_dist_inputs"].numpy()
+        inputs = module.forward_inference({"obs": torch.from_numpy(filtered)})["action_dist_inputs"].numpy()
     expected = np.clip(inputs[:, : len(policy.knobs)], -1.0, 1.0)
     actions, _ = policy.predict(batch)
     assert np.max(np.abs(actions - expected)) < 1e-5

@@ -9,15 +9,15 @@ run joins an existing cluster (`eval.ray_engine.init_ray`).
 The checkpoint directory keeps the SB3 layout where it can: `config.yaml`, `run.json`, `logs/`
 (`progress.csv`), `export/` (`policy.onnx` + `policy.json`, so `poa-gym eval ppo:DIR` and the
 sidecar take it unchanged) and `eval.json`; RLlib's own checkpoint is `rllib/` in place of
-`model.zip`. Observations are not normalised (RLlib's `MeanStdFilter` differs from VecNormalize
-in its formula), so the export says `normalization.enabled: false`; the features are O(1) by
-design (`envs/observation.py`). As with SB3, the initial policy's mean sits on the scenario's
-knobs (`start_at_defaults`, `start_knobs`).
+`model.zip`. With `normalize.norm_obs` (SB3's setting) observations go through RLlib's
+`MeanStdFilter`, whose statistics the export carries in the loader's formula. As with SB3, the
+initial policy's mean sits on the scenario's knobs (`start_at_defaults`, `start_knobs`).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
 import os
@@ -106,15 +106,56 @@ def ppo_config(config: TrainConfig, num_env_runners: int) -> Any:
     training = {RLLIB_NAMES[k]: v for k, v in ppo.items() if k in RLLIB_NAMES and not callable(v)}
     training["train_batch_size_per_learner"] = n_steps * max(1, num_env_runners)
     hidden = list((ppo.get("policy_kwargs") or {}).get("net_arch", {}).get("pi", [64, 64]))
+    normalize = dict(config.normalize)
+    runners: dict[str, Any] = {}
+    if normalize.get("norm_obs", True):
+        runners["env_to_module_connector"] = functools.partial(
+            _mean_std_filter, normalize.get("clip_obs", 10.0)
+        )
     return (
         PPOConfig()
         .environment(ENV_NAME, env_config=dict(config.env))
         .env_runners(
-            num_env_runners=num_env_runners, num_envs_per_env_runner=1, rollout_fragment_length=n_steps
+            num_env_runners=num_env_runners,
+            num_envs_per_env_runner=1,
+            rollout_fragment_length=n_steps,
+            **runners,
         )
         .training(**training)
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=hidden, fcnet_activation="tanh"))
         .debugging(seed=config.seed)
+    )
+
+
+def _mean_std_filter(clip_obs: float, *_: Any, **__: Any) -> Any:
+    """RLlib's observation filter (the env-to-module connector), SB3's `clip_obs` as its clip."""
+    from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
+
+    return MeanStdFilter(clip_by_value=float(clip_obs))
+
+
+def filter_normalization(algo: Any) -> Any:
+    """The trained filter's statistics as the export's normalisation, or None without a filter.
+
+    RLlib computes clip((x - mean) / (std + SMALL_NUMBER)); the loader computes clip((x - mean) /
+    sqrt(var + epsilon)), which is the same with var = (std + SMALL_NUMBER)^2 and epsilon = 0.
+    """
+    import numpy as np
+    from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
+    from ray.rllib.utils.filter import SMALL_NUMBER
+
+    from agents.onnx_policy import Normalization
+
+    pieces = [p for p in algo.env_runner._env_to_module.connectors if isinstance(p, MeanStdFilter)]
+    if not pieces:
+        return None
+    (running,) = (f.running_stats for f in pieces[0]._filters.values())
+    std = np.asarray(running.std, dtype=np.float64)
+    return Normalization(
+        mean=np.asarray(running.mean, dtype=np.float64),
+        var=(std + SMALL_NUMBER) ** 2,
+        clip_obs=float(pieces[0]._filters[next(iter(pieces[0]._filters))].clip),
+        epsilon=0.0,
     )
 
 
@@ -146,7 +187,9 @@ def train_rllib(config: TrainConfig, request: RllibRequest) -> RllibResult:
         steps, iterations = _train_loop(algo, config.n_timesteps, out_dir, request.progress, run)
         train_wall_s = time.perf_counter() - start_s
         algo.save_to_path(str((out_dir / RLLIB_DIR).resolve()))
-        export_rllib_module(algo.get_module(), out_dir / CONFIG_FILE, out_dir / EXPORT_DIR)
+        export_rllib_module(
+            algo.get_module(), filter_normalization(algo), out_dir / CONFIG_FILE, out_dir / EXPORT_DIR
+        )
         algo.stop()
     finally:
         if started:
@@ -216,7 +259,7 @@ def _train_loop(algo: Any, total_steps: int, out_dir: Path, progress: bool, run:
     return steps, iterations
 
 
-def export_rllib_module(module: Any, config_path: Path, out_dir: Path) -> Any:
+def export_rllib_module(module: Any, normalization: Any, config_path: Path, out_dir: Path) -> Any:
     """The RL module's deterministic action (the Gaussian's mean, clipped to [-1, 1]) as
     `policy.onnx`, with `policy.json` for the environment in config.yaml."""
     from training.export import ExportedPolicy, _default_opset, _env_facts, _policy_spec, write_actor_onnx
@@ -226,7 +269,7 @@ def export_rllib_module(module: Any, config_path: Path, out_dir: Path) -> Any:
     onnx_path = out_dir / "policy.onnx"
     write_actor_onnx(RllibActor(module, len(knobs)).eval(), len(feature_names), onnx_path)
     opset = _default_opset(onnx_path)
-    spec = _policy_spec(None, knobs, feature_names, interval_s, opset)
+    spec = _policy_spec(normalization, knobs, feature_names, interval_s, opset)
     json_path = out_dir / "policy.json"
     json_path.write_text(json.dumps(spec, indent=2) + "\n")
     return ExportedPolicy(out_dir, onnx_path, json_path, opset)
