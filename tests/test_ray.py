@@ -14,6 +14,7 @@ deterministic).
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ poa-gym:
     schedule: {kind: ramp, low: 32, high: 128}
     num_intervals: 12
     num_validation_seeds: 1
+    every_steps: 48
     num_test_seeds: 0
 """
 
@@ -84,7 +86,7 @@ def test_the_checkpoint_exports_what_its_module_computes(run):
     module = RLModule.from_checkpoint(
         run / "rllib" / "learner_group" / "learner" / "rl_module" / "default_policy"
     )
-    policy = OnnxPolicy.load(run)
+    policy = OnnxPolicy.load(run / "validation" / "candidate")  # the final module's export
     env = DisaggRoutingEnv({"scenarios": ["llama70b-b200-3p3d-multiturn"], "num_intervals": 12})
     observations = [env.reset(seed=5)[0]]
     for _ in range(11):
@@ -115,6 +117,9 @@ def test_the_export_runs_in_eval_and_the_steps_are_logged(run):
     with (run / "logs" / "progress.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert [int(r["env_steps"]) for r in rows] == [48, 96]
+    history = json.loads((run / "validation.json").read_text())
+    assert [h["num_timesteps"] for h in history] == [48, 96] and history[0]["selected"]
+    assert all(np.isfinite(h["score"]) and np.isfinite(h["knee_score"]) for h in history)
     assert (run / "config.yaml").is_file() and (run / "run.json").is_file()
 
 
@@ -123,7 +128,8 @@ def test_the_wandb_offline_run_holds_sb3s_metric_names(run):
 
     run_dirs = list((run / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1
-    assert {"rollout/ep_rew_mean", "time/total_timesteps"} <= wandb_history_keys(run_dirs[0])
+    keys = {"rollout/ep_rew_mean", "time/total_timesteps", "eval/mean_reward"}
+    assert keys <= wandb_history_keys(run_dirs[0])
 
 
 def test_rllib_flags_say_what_they_need(tmp_path):

@@ -9,7 +9,6 @@ Metric namespaces (TensorBoard tags, synced to W&B as they are):
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -18,16 +17,9 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from training.checkpoint import VALIDATION_FILE, promote, save_snapshot
+from training.checkpoint import promote, save_snapshot
 from training.config import TrainConfig
-from training.validation import (
-    VALIDATION_SEED_BASE,
-    ScenarioScore,
-    candidate_name,
-    mean_reward,
-    run_evaluations,
-    scores,
-)
+from training.validation import ScenarioScore, ValidationBook, mean_reward
 
 _INFO_METRICS = ("poa_hat", "ttft_p99_s", "throughput_rps", "concurrency")
 
@@ -95,12 +87,17 @@ class ValidationCallback(BaseCallback):
         super().__init__()
         self.config = config
         self.out_dir = out_dir
-        self.jobs = jobs
         self.export = export
-        self.history: list[dict] = _read_history(out_dir / VALIDATION_FILE)
-        self.best = max((entry["score"] for entry in self.history), default=-math.inf)
-        self._knee: list[ScenarioScore] | None = None
+        self.book = ValidationBook(config, out_dir, jobs)
         self._next = 0
+
+    @property
+    def history(self) -> list[dict]:
+        return self.book.history
+
+    @property
+    def best(self) -> float:
+        return self.book.best
 
     def _on_training_start(self) -> None:
         self._next = self.num_timesteps + self.config.eval.every_steps
@@ -116,47 +113,18 @@ class ValidationCallback(BaseCallback):
         candidate = self.out_dir / "validation" / "candidate"
         save_snapshot(self.model, self.model.get_env(), self.config, candidate)
         self.export(candidate, candidate / "export")
-        mine = self._score([candidate_name(candidate)])
-        knee = self._knee_scores()
-        score = mean_reward(mine, candidate_name(candidate))
+        mine, knee, score = self.book.evaluate(candidate)
         self._log(mine, "eval")
         self._log(knee, "eval/knee")
         self.logger.record("eval/mean_reward", score)
         self.logger.record("eval/knee_mean_reward", mean_reward(knee, "knee"))
-        improved = score > self.best
-        if improved:
-            self.best = score
+        if self.book.record(self.num_timesteps, mine, knee, score):
             promote(candidate, self.out_dir)
-        self.history.append(
-            {
-                "num_timesteps": int(self.num_timesteps),
-                "score": score,
-                "knee_score": mean_reward(knee, "knee"),
-                "selected": improved,
-                "scenarios": {item.scenario: item.metrics() for item in mine},
-            }
-        )
-        (self.out_dir / VALIDATION_FILE).write_text(json.dumps(self.history, indent=2) + "\n")
         self.logger.dump(self.num_timesteps)
         return score
-
-    def _score(self, policies: list[str]) -> list[ScenarioScore]:
-        evaluations = run_evaluations(
-            self.config, policies, self.config.eval.num_validation_seeds, VALIDATION_SEED_BASE, self.jobs
-        )
-        return scores(evaluations)
-
-    def _knee_scores(self) -> list[ScenarioScore]:
-        if self._knee is None:  # the baseline does not change during a run: evaluate it once
-            self._knee = self._score(["knee"])
-        return self._knee
 
     def _log(self, items: list[ScenarioScore], prefix: str) -> None:
         for item in items:
             for name, value in item.metrics().items():
                 if math.isfinite(value):
                     self.logger.record(f"{prefix}/{item.scenario}/{name}", value)
-
-
-def _read_history(path: Path) -> list[dict]:
-    return json.loads(path.read_text()) if path.is_file() else []

@@ -30,8 +30,9 @@ import torch
 
 from eval.errors import UserError
 from eval.ray_engine import init_ray
-from training.checkpoint import CONFIG_FILE, EXPORT_DIR, write_config, write_run_info
+from training.checkpoint import CONFIG_FILE, write_config, write_run_info
 from training.config import TrainConfig
+from training.rllib_validation import RllibValidator
 
 RLLIB_DIR = "rllib"
 ENV_NAME = "poa-gym-disagg-routing"
@@ -183,13 +184,14 @@ def train_rllib(config: TrainConfig, request: RllibRequest) -> RllibResult:
         algo = ppo_config(config, num_env_runners).build_algo()
         if config.start_at_defaults:
             start_at_defaults(algo, config)
+        export = functools.partial(_export_algo, out_dir / CONFIG_FILE)
+        validator = RllibValidator(config, out_dir, request.jobs or os.cpu_count() or 1, export)
         start_s = time.perf_counter()
-        steps, iterations = _train_loop(algo, config.n_timesteps, out_dir, request.progress, run)
+        steps, iterations = _train_loop(algo, config.n_timesteps, out_dir, request.progress, run, validator)
+        if not validator.book.history or validator.book.history[-1]["num_timesteps"] < steps:
+            validator.validate(algo, steps)  # the end of training is a candidate too
         train_wall_s = time.perf_counter() - start_s
         algo.save_to_path(str((out_dir / RLLIB_DIR).resolve()))
-        export_rllib_module(
-            algo.get_module(), filter_normalization(algo), out_dir / CONFIG_FILE, out_dir / EXPORT_DIR
-        )
         algo.stop()
     finally:
         if started:
@@ -230,9 +232,16 @@ def start_at_defaults(algo: Any, config: TrainConfig) -> None:
     algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
 
 
-def _train_loop(algo: Any, total_steps: int, out_dir: Path, progress: bool, run: Any) -> tuple[int, int]:
-    """`algo.train()` until `total_steps`; each iteration to logs/progress.csv and, with a W&B run,
-    under SB3's metric names (`rollout/ep_rew_mean`, `time/total_timesteps`)."""
+def _export_algo(config_path: Path, algo: Any, out_dir: Path) -> Any:
+    return export_rllib_module(algo.get_module(), filter_normalization(algo), config_path, out_dir)
+
+
+def _train_loop(
+    algo: Any, total_steps: int, out_dir: Path, progress: bool, run: Any, validator: RllibValidator
+) -> tuple[int, int]:
+    """`algo.train()` until `total_steps`, validating when due; each iteration to
+    logs/progress.csv and, with a W&B run, under SB3's metric names (`rollout/ep_rew_mean`,
+    `time/total_timesteps`, `eval/mean_reward`)."""
     from tqdm import tqdm
 
     logs = out_dir / "logs"
@@ -254,8 +263,11 @@ def _train_loop(algo: Any, total_steps: int, out_dir: Path, progress: bool, run:
             episode_return = runners.get("episode_return_mean")
             writer.writerow([iterations, steps, episode_return, time.perf_counter() - start_s])
             file.flush()
+            metrics = {"rollout/ep_rew_mean": episode_return, "time/total_timesteps": steps}
+            if validator.due(steps) and steps < total_steps:
+                metrics["eval/mean_reward"] = validator.validate(algo, steps)
             if run is not None:
-                run.log({"rollout/ep_rew_mean": episode_return, "time/total_timesteps": steps}, step=steps)
+                run.log(metrics, step=steps)
     return steps, iterations
 
 

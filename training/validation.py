@@ -8,6 +8,7 @@ both.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -122,3 +123,49 @@ def _finite(value: float) -> float | None:
 
 def candidate_name(directory: Path) -> str:
     return f"ppo:{directory}"
+
+
+class ValidationBook:
+    """What both engines' validation shares: the history (`validation.json`), the best score,
+    and the knee controller's score, evaluated once per run."""
+
+    def __init__(self, config: Any, out_dir: Path, jobs: int) -> None:
+        self.config = config
+        self.out_dir = out_dir
+        self.jobs = jobs
+        path = out_dir / "validation.json"
+        self.history: list[dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else []
+        self.best = max((entry["score"] for entry in self.history), default=-math.inf)
+        self._knee: list[ScenarioScore] | None = None
+
+    def evaluate(self, candidate: Path) -> tuple[list[ScenarioScore], list[ScenarioScore], float]:
+        """The candidate's and the knee controller's scores, and the candidate's selection score."""
+        name = candidate_name(candidate)
+        mine = self.score([name])
+        if self._knee is None:  # the baseline does not change during a run
+            self._knee = self.score(["knee"])
+        return mine, self._knee, mean_reward(mine, name)
+
+    def score(self, policies: list[str]) -> list[ScenarioScore]:
+        evaluations = run_evaluations(
+            self.config, policies, self.config.eval.num_validation_seeds, VALIDATION_SEED_BASE, self.jobs
+        )
+        return scores(evaluations)
+
+    def record(
+        self, num_timesteps: int, mine: list[ScenarioScore], knee: list[ScenarioScore], score: float
+    ) -> bool:
+        """Append the validation to `validation.json`; True when it is the best so far."""
+        improved = score > self.best
+        self.best = max(self.best, score)
+        self.history.append(
+            {
+                "num_timesteps": int(num_timesteps),
+                "score": score,
+                "knee_score": mean_reward(knee, "knee"),
+                "selected": improved,
+                "scenarios": {item.scenario: item.metrics() for item in mine},
+            }
+        )
+        (self.out_dir / "validation.json").write_text(json.dumps(self.history, indent=2) + "\n")
+        return improved
