@@ -88,8 +88,10 @@ class OnnxPolicy:
         knobs: tuple[Knob, ...],
         normalization: Normalization | None,
         control_interval_s: float,
+        files: tuple[Path, ...] = (),
     ) -> None:
         self.name = name
+        self.files = files  # policy.json and policy.onnx, where it was loaded from
         self._session = session
         self._input = session.get_inputs()[0].name
         self._feature_names = feature_names
@@ -128,7 +130,8 @@ class OnnxPolicy:
             raise FileNotFoundError(f"{spec_path}: field onnx.file names {onnx_path}, which does not exist")
         session = _session(onnx_path)
         _check_graph(session, onnx_path, fields, onnx, len(feature_names), len(knobs))
-        return cls(name or f"ppo:{path}", session, feature_names, knobs, normalization, interval_s)
+        files = (spec_path, onnx_path)
+        return cls(name or f"ppo:{path}", session, feature_names, knobs, normalization, interval_s, files)
 
     @property
     def feature_names(self) -> tuple[str, ...]:

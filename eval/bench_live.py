@@ -133,7 +133,7 @@ class SoakSample:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children's group leader (Linux /proc)."""
+    """Resident memory of one process, in MB (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024

@@ -14,11 +14,12 @@ env_kwargs` as training writes them) and optionally `vecnormalize.pkl`; the expo
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import pickle
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,24 @@ def export_policy(
         raise ValueError(
             f"normalisation statistics of shape {normalization.mean.shape}, not {len(feature_names)}"
         )
+    write_onnx = functools.partial(_write_onnx, model.policy, len(feature_names))
+    return write_export(write_onnx, normalization, knobs, feature_names, interval_s, out_dir)
+
+
+def write_export(
+    write_onnx: Callable[[Path], None],
+    normalization: Normalization | None,
+    knobs: Sequence[KnobLike],
+    feature_names: Sequence[str],
+    interval_s: float,
+    out_dir: str | Path,
+) -> ExportedPolicy:
+    """`policy.onnx` (written by `write_onnx(path)`) and its `policy.json` in `out_dir`; SB3's and
+    RLlib's exports both end here."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / POLICY_ONNX
-    _write_onnx(model.policy, len(feature_names), onnx_path)
+    write_onnx(onnx_path)
     opset = _default_opset(onnx_path)
     spec = _policy_spec(normalization, knobs, feature_names, interval_s, opset)
     json_path = out / POLICY_JSON

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import functools
 import importlib.util
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 
 import torch
 
+from eval import ray_engine
 from eval.errors import UserError
 from eval.ray_engine import init_ray
 from training.checkpoint import CONFIG_FILE, write_config, write_run_info
@@ -88,7 +88,8 @@ class RllibActor(torch.nn.Module):
 
 
 def ray_missing() -> bool:
-    return importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.rllib") is None
+    """Ray, or its RLlib, is not installed."""
+    return ray_engine.ray_missing() or importlib.util.find_spec("ray.rllib") is None
 
 
 def _make_env(env_config: dict[str, Any]) -> Any:
@@ -150,12 +151,12 @@ def filter_normalization(algo: Any) -> Any:
     pieces = [p for p in algo.env_runner._env_to_module.connectors if isinstance(p, MeanStdFilter)]
     if not pieces:
         return None
-    (running,) = (f.running_stats for f in pieces[0]._filters.values())
-    std = np.asarray(running.std, dtype=np.float64)
+    (running_filter,) = pieces[0]._filters.values()  # one agent
+    std = np.asarray(running_filter.running_stats.std, dtype=np.float64)
     return Normalization(
-        mean=np.asarray(running.mean, dtype=np.float64),
+        mean=np.asarray(running_filter.running_stats.mean, dtype=np.float64),
         var=(std + SMALL_NUMBER) ** 2,
-        clip_obs=float(pieces[0]._filters[next(iter(pieces[0]._filters))].clip),
+        clip_obs=float(running_filter.clip),
         epsilon=0.0,
     )
 
@@ -163,7 +164,7 @@ def filter_normalization(algo: Any) -> Any:
 def train_rllib(config: TrainConfig, request: RllibRequest) -> RllibResult:
     """Train for `n_timesteps`, export, and test the export as `poa-gym train` does."""
     if ray_missing():
-        raise UserError("--engine rllib needs Ray's RLlib: pip install 'poa-gym[ray]'")
+        raise UserError(f"--engine rllib needs Ray's RLlib: {ray_engine.INSTALL_HINT}")
     import ray
     from ray.tune.registry import register_env
 
@@ -274,17 +275,12 @@ def _train_loop(
 def export_rllib_module(module: Any, normalization: Any, config_path: Path, out_dir: Path) -> Any:
     """The RL module's deterministic action (the Gaussian's mean, clipped to [-1, 1]) as
     `policy.onnx`, with `policy.json` for the environment in config.yaml."""
-    from training.export import ExportedPolicy, _default_opset, _env_facts, _policy_spec, write_actor_onnx
+    from training.export import _env_facts, write_actor_onnx, write_export
 
     knobs, feature_names, interval_s = _env_facts(config_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = out_dir / "policy.onnx"
-    write_actor_onnx(RllibActor(module, len(knobs)).eval(), len(feature_names), onnx_path)
-    opset = _default_opset(onnx_path)
-    spec = _policy_spec(normalization, knobs, feature_names, interval_s, opset)
-    json_path = out_dir / "policy.json"
-    json_path.write_text(json.dumps(spec, indent=2) + "\n")
-    return ExportedPolicy(out_dir, onnx_path, json_path, opset)
+    actor = RllibActor(module, len(knobs)).eval()
+    write_onnx = functools.partial(write_actor_onnx, actor, len(feature_names))
+    return write_export(write_onnx, normalization, knobs, feature_names, interval_s, out_dir)
 
 
 def _final_test(config: TrainConfig, out_dir: Path, jobs: int, run: Any) -> dict[str, Any]:

@@ -88,12 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_rllib(args: argparse.Namespace, config: Any) -> int:
-    from training.rllib_train import RllibRequest, ray_missing, train_rllib
+    from training.rllib_train import RllibRequest, train_rllib
 
     if args.num_env_runners is not None and args.num_env_runners < 1:
         raise UserError("--num-env-runners must be >= 1")
-    if ray_missing():
-        raise UserError("--engine rllib needs Ray's RLlib: pip install 'poa-gym[ray]'")
     request = RllibRequest(
         out_dir=args.out,
         ray_address=args.ray_address,

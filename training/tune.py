@@ -105,11 +105,10 @@ def run_tune(
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     by_name = {t.name: t for t in found}
-    started = init_ray(address, min_cpus=max(t.config.n_envs for t in found))
+    cpus_per_trial = max(t.config.n_envs for t in found)
+    started = init_ray(address, min_cpus=cpus_per_trial)
     try:
-        trainable = tune.with_resources(
-            _trainable(by_name, out_dir), {"cpu": max(t.config.n_envs for t in found)}
-        )
+        trainable = tune.with_resources(_trainable(by_name, out_dir), {"cpu": cpus_per_trial})
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(list(by_name))},

@@ -106,7 +106,7 @@ def _exported(path: str, safe_knobs: Mapping[str, float]) -> LoadedPolicy:
     except ValueError as error:
         raise PolicyLoadError(f"{folder / POLICY_JSON}: {error}") from None
     context = _context(knobs, observation, safe_knobs)
-    return LoadedPolicy(policy.name, policy, context, observation, (folder / POLICY_JSON, _onnx_file(folder)))
+    return LoadedPolicy(policy.name, policy, context, observation, policy.files)
 
 
 def _context(
@@ -116,12 +116,6 @@ def _context(
     if missing:
         raise PolicyLoadError(f"--safe: no value for knob(s) {missing} the policy sets")
     return PolicyContext(knobs, observation.feature_names, dict(safe_knobs))
-
-
-def _onnx_file(folder: Path) -> Path:
-    import json
-
-    return folder / json.loads((folder / POLICY_JSON).read_text())["onnx"]["file"]
 
 
 def _stat(path: Path) -> tuple[int, int]:
