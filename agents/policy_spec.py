@@ -22,6 +22,7 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from envs.errors import UserError
 from envs.sim.config import RouterConfig
 
 # Baselines keep the scenario's router knobs and only pick the mode.
@@ -56,7 +57,7 @@ KNOBS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RouterConfig) 
 GRID_SEPARATOR = "/"
 
 
-class PolicySpecError(ValueError):
+class PolicySpecError(UserError, ValueError):
     """A `--policies` text that cannot be parsed; the message names the token and the rule."""
 
 

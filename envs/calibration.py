@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
+from envs.errors import UserError
 from envs.hardware import H200_SXM, LLAMA_3_1_8B
 from envs.roofline import Deployment, Efficiency, decode_ms, prefill_ms
 
@@ -49,7 +50,7 @@ _LOWER = (0.01, 0.01, 0.05, 0.0, 0.0, 0.0)
 _UPPER = (1.0, 1.0, 1.0, 100.0, 100.0, 1.0)
 
 
-class ProfilerDataMissing(FileNotFoundError):
+class ProfilerDataMissing(UserError, FileNotFoundError):
     """The profiler data is not where we looked (ai-dynamo not installed, or a bad --data)."""
 
 

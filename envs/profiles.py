@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.scenarios import ScenarioError
+from envs.errors import ScenarioError
 from envs.sim.timing import ProfileArrays
 
 PROFILE_KEYS = (

@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from envs import metrics_snapshot as names
+from envs.errors import UserError
 from envs.metrics_snapshot import (
     ITL_BUCKETS_S,
     TOKEN_BUCKETS,
@@ -35,7 +36,7 @@ from envs.metrics_snapshot import (
 )
 
 
-class MetricsFormatError(ValueError):
+class MetricsFormatError(UserError, ValueError):
     """A `/metrics` body that is not valid Prometheus text, or a value that cannot be a count."""
 
 

@@ -12,14 +12,11 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from envs.errors import ScenarioError
 from envs.sim.config import ScenarioConfig
 
 PRESET_DIR = Path(__file__).parent / "scenarios"
 _ADAPTER = TypeAdapter(ScenarioConfig)
-
-
-class ScenarioError(ValueError):
-    """A scenario (or a file it names) is invalid; the message says where and why."""
 
 
 def preset_names() -> list[str]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from envs.scenarios import ScenarioError
+from envs.errors import ScenarioError
 from envs.sim.workload import Session, Turn
 
 _KNOWN = {"timestamp", "input_length", "output_length", "hash_ids", "session_id", "delay", "request_id"}

@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from eval.errors import UserError
+from envs.errors import UserError
 
 out = Console()
 console = Console(stderr=True)

@@ -22,11 +22,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agents.sidecar import cli as sidecar_cli
-from envs.scenarios import ScenarioError, load_scenario, preset_names
+from envs.errors import UserError
+from envs.scenarios import load_scenario, preset_names
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
 from eval import bench_sidecar_cli, dynamo_cli, eval_cli, live_check_cli, profile_cli, regimes_cli, sweep_cli
-from eval.errors import UserError
 from eval.runner import run_scenario
 from training import export_cli, train_cli, tune_cli
 
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (UserError, ScenarioError) as error:
+    except UserError as error:
         console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from eval.errors import UserError
+from envs.errors import UserError
 
 console = Console(stderr=True)
 DEFAULT_WORKDIR = ".dynamo-live"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envs.errors import UserError
 from envs.sim.config import EngineConfig, ScenarioConfig
 from envs.sim.workload import Session
 from envs.traces import mooncake_rows, write_mooncake
@@ -21,7 +22,7 @@ from envs.traces import mooncake_rows, write_mooncake
 REPLAY_ROUTER_MODES = {"kv": "kv_router", "round_robin": "round_robin"}
 
 
-class DynamoUnavailable(RuntimeError):
+class DynamoUnavailable(UserError, RuntimeError):
     """ai-dynamo is not installed (run `make dynamo`) or cannot replay this scenario."""
 
 

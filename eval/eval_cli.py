@@ -18,7 +18,7 @@ from rich.table import Table
 
 from agents.policy_spec import PolicySpecError
 from agents.registry import NAMED, resolve, split_names
-from eval.errors import UserError
+from envs.errors import UserError
 
 if TYPE_CHECKING:
     from eval.episodes import EpisodeSetup
@@ -121,7 +121,7 @@ def _policies(text: str) -> list[str]:
 
 
 def _setup(args: argparse.Namespace, policies: list[str]) -> EpisodeSetup:
-    from envs.scenarios import ScenarioError
+    from envs.errors import ScenarioError
     from envs.schedules import ScheduleConfig
     from eval.episodes import EpisodeSetup
 
@@ -149,7 +149,7 @@ def _setup(args: argparse.Namespace, policies: list[str]) -> EpisodeSetup:
 def _check_policy(setup: EpisodeSetup, name: str) -> None:
     """The policy builds on the scenario now (its knobs and features fit), not in a worker."""
     from agents.base import PolicyContext
-    from envs.scenarios import ScenarioError
+    from envs.errors import ScenarioError
 
     named = resolve(name)
     try:

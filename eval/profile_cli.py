@@ -14,7 +14,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from eval.errors import UserError
+from envs.errors import UserError
 
 out = Console(width=None if sys.stdout.isatty() else 180)
 

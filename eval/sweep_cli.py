@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents.policy_spec import KNOBS, PolicySpec, PolicySpecError, parse_policies
-from eval.errors import UserError
+from envs.errors import UserError
 
 if TYPE_CHECKING:  # the modules themselves load only once the flags are checked
     from eval.sweep import PolicyPoint, SweepPlan

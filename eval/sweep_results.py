@@ -18,6 +18,8 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
+from envs.errors import UserError
+
 SCHEMA_VERSION = 1
 CSV_NAME = "results.csv"
 JSON_NAME = "results.json"
@@ -84,7 +86,7 @@ _FILE = TypeAdapter(SweepFile)
 _ROW = TypeAdapter(SweepRow)
 
 
-class SweepResultsError(ValueError):
+class SweepResultsError(UserError, ValueError):
     """A results file that does not match the schema; the message names the file and the row."""
 
 

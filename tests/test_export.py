@@ -29,10 +29,10 @@ from agents.onnx_policy import OBSERVATION_SCHEMA_VERSION, OnnxPolicy
 from agents.policy_spec import PolicySpecError
 from agents.registry import resolve
 from envs.disagg_env import ENV_ID, DisaggRoutingEnv
+from envs.errors import UserError
 from envs.knobs import action_to_override
 from envs.observation import SCHEMA_VERSION
 from eval.episodes import EpisodeSetup, run_episode
-from eval.errors import UserError
 from training import export_cli
 from training.export import (
     export_checkpoint,

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from envs import calibration
+from envs.errors import ScenarioError
 from envs.hardware import GpuSpec, ModelShape
 from envs.profile_catalog import H200_FITTED, PROFILES, get_profile
 from envs.profiles import PROFILE_KEYS, load_profile, save_profile
 from envs.roofline import Deployment, Efficiency, allreduce_s, decode_ms, decode_work, prefill_work
-from envs.scenarios import ScenarioError, validate
+from envs.scenarios import validate
 from envs.sim.metrics import summarize
 from envs.sim.run import simulate
 from eval.cli import main as cli_main

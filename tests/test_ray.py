@@ -202,7 +202,7 @@ def test_tune_trials_match_the_same_trainings_run_alone(tmp_path):
 
 
 def test_grid_values_are_yaml_and_bad_keys_are_named():
-    from eval.errors import UserError
+    from envs.errors import UserError
     from training.config import load_train_config
     from training.tune import parse_grid, trials
 

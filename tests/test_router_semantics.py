@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from test_determinism import DISAGG, scenario
 
-from envs.scenarios import ScenarioError, validate
+from envs.errors import ScenarioError
+from envs.scenarios import validate
 from envs.sim.config import RouterConfig, ScenarioConfig
 from envs.sim.kv_cache import BlockPool
 from envs.sim.records import Stage

@@ -20,8 +20,8 @@ import pytest
 import torch
 import yaml
 
+from envs.errors import UserError
 from eval.cli import main
-from eval.errors import UserError
 from training.config import DEFAULT_CONFIG, load_train_config
 
 pytestmark = pytest.mark.slow

@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from envs.disagg_env import ENV_ID, EnvConfig
+from envs.errors import UserError
 from envs.knobs import DEFAULT_RANGES
-from eval.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "ppo.yaml"
 OURS = "poa-gym"

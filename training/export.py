@@ -42,8 +42,8 @@ from agents.onnx_policy import (
     OnnxPolicy,
 )
 from envs.disagg_env import ENV_ID
+from envs.errors import UserError
 from envs.observation import SCHEMA_VERSION
-from eval.errors import UserError
 
 # The torch.export-based exporter (torch 2.13's default) implements opset 18 and up; asking it for
 # 17 sends the graph through a version down-converter. onnxruntime has run opset 18 since 1.14.

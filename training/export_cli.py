@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from eval.errors import UserError
+from envs.errors import UserError
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 180)

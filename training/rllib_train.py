@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
+from envs.errors import UserError
 from eval import ray_engine
-from eval.errors import UserError
 from eval.ray_engine import init_ray
 from training.checkpoint import CONFIG_FILE, write_config, write_run_info
 from training.config import TrainConfig

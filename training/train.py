@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.errors import UserError
+from envs.errors import UserError
 from training.checkpoint import (
     EVAL_FILE,
     EXPORT_DIR,

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from eval.errors import UserError
+from envs.errors import UserError
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 180)

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from eval.errors import UserError
+from envs.errors import UserError
 from training.config import TrainConfig
 
 

@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from eval.errors import UserError
+from envs.errors import UserError
 
 DEFAULT_WORKDIR = ".dynamo-live"
 

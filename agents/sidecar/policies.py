@@ -19,6 +19,7 @@ import numpy as np
 
 from agents.base import Policy, PolicyContext
 from agents.onnx_policy import POLICY_JSON, OnnxPolicy, find_export_dir
+from envs.errors import UserError
 from envs.knobs import KnobRange, action_to_override, default_knobs, router_values
 from envs.observation import HISTORY_FEATURES, ObservationConfig
 from envs.sim.config import RouterConfig
@@ -32,7 +33,7 @@ DYNAMO_DEFAULT_KNOBS: dict[str, float] = {
 }
 
 
-class PolicyLoadError(ValueError):
+class PolicyLoadError(UserError, ValueError):
     """A policy the sidecar cannot run; the message names the file or spec and the rule."""
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envs.errors import UserError
 from envs.live.decisions import LiveDecision
 from envs.live.deploy import Deployment, DeploymentError
 from envs.live.loadgen import ClosedLoopClients, LiveCompletion, session_stream
@@ -43,7 +44,7 @@ from envs.sim.records import RequestRecord, RouteDecision, Stage
 from envs.sim.workload import SyntheticSessions
 
 
-class Unreachable(RuntimeError):
+class Unreachable(UserError, RuntimeError):
     """The deployment did not answer; the message names the endpoint and what to do."""
 
 

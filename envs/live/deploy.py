@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from envs.errors import UserError
 from envs.live.knob_router import TOKEN_ENV
 from envs.live.plan import LivePlan, PlanInputs, plan_deployment
 from envs.live.ports import free_ports
@@ -42,7 +43,7 @@ START_ATTEMPTS = 3
 PROBE_TIMEOUT_S = 10.0
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(UserError, RuntimeError):
     """A deployment that cannot start or be found; the message says what to do."""
 
 
