@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from envs.knobs import KnobRange, override_to_action
 from envs.observation import FEATURES
+from envs.sim.knobs import KnobRange, override_to_action
 
 
 class Policy(Protocol):

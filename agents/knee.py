@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agents.base import PolicyContext, as_batch, episode_starts
+from envs.sim.knobs import V09_TO_V16_NAMES
 
 REGIMES: tuple[str, ...] = ("below", "transition", "saturated")
 
@@ -38,7 +39,6 @@ _TABLE2_V09: dict[str, dict[str, float]] = {
     "transition": {"overlap_score_weight": 0.5, "router_temperature": 0.5},  # reconstructed
     "saturated": {"overlap_score_weight": 0.1, "router_temperature": 0.8},  # paper, Table 2
 }
-_V16_NAME = {"overlap_score_weight": "prefill_load_scale"}
 
 
 def table2(knob_names: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -46,7 +46,9 @@ def table2(knob_names: tuple[str, ...]) -> dict[str, dict[str, float]]:
     action space are dropped, knobs absent from the table keep the scenario's values."""
     table: dict[str, dict[str, float]] = {}
     for regime, row in _TABLE2_V09.items():
-        renamed = {name if name in knob_names else _V16_NAME.get(name, name): v for name, v in row.items()}
+        renamed = {
+            name if name in knob_names else V09_TO_V16_NAMES.get(name, name): v for name, v in row.items()
+        }
         table[regime] = {name: value for name, value in renamed.items() if name in knob_names}
     return table
 

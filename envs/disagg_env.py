@@ -63,21 +63,21 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from envs.knobs import (
-    KnobRange,
-    action_to_override,
-    check_knobs,
-    default_knobs,
-    override_to_action,
-    router_values,
-)
 from envs.live.backend import LiveBackend, LiveConfig, Unreachable
-from envs.live.knob_router import KNOB_NAMES
 from envs.observation import ObservationBuilder, ObservationConfig
 from envs.reward import ReferenceThroughput, RewardConfig, reward_terms
 from envs.scenarios import load_scenario
 from envs.schedules import ScheduleConfig, concurrency_levels
 from envs.sim.config import LoadStep, ScenarioConfig
+from envs.sim.knobs import (
+    RELEASE_KNOBS,
+    KnobRange,
+    action_to_override,
+    check_knobs,
+    default_knobs,
+    knob_values,
+    override_to_action,
+)
 from envs.sim.metrics import summarize
 from envs.sim.run import build_cluster, random_streams
 from envs.sim.timing import ProfileArrays
@@ -197,7 +197,7 @@ class DisaggRoutingEnv(gym.Env):
     @property
     def default_values(self) -> dict[str, float]:
         """The first scenario's own knob values: what `reset` warms up with."""
-        return router_values(self._loaded[0].scenario.router)
+        return knob_values(self._loaded[0].scenario.router)
 
     @property
     def records(self) -> tuple:
@@ -229,7 +229,7 @@ class DisaggRoutingEnv(gym.Env):
         self._levels = concurrency_levels(schedule, self.config.num_intervals, rng)
         scenario = self._episode_scenario(int(rng.integers(2**31 - 1)))
         self._step = 0
-        default_action = override_to_action(router_values(scenario.router), self.knobs)
+        default_action = override_to_action(knob_values(scenario.router), self.knobs)
         if self._live is not None:
             observation = self._reset_live(scenario, default_action)
         else:
@@ -255,7 +255,7 @@ class DisaggRoutingEnv(gym.Env):
 
     def _reset_live(self, scenario: ScenarioConfig, default_action: np.ndarray) -> np.ndarray:
         live, warmup_s = self._live, self.config.warmup_s
-        live.set_knobs({k: v for k, v in router_values(scenario.router).items() if k in KNOB_NAMES})
+        live.set_knobs(knob_values(scenario.router, RELEASE_KNOBS["dynamo-1.6"]))
         live.start(scenario, random_streams(scenario.seed)["sessions"], self._levels[0])
         live.wait_until(warmup_s - self.config.interval_s)
         self._snapshot = live.snapshot()

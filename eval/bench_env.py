@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.disagg_env import DisaggRoutingEnv
-from envs.knobs import override_to_action, router_values
 from envs.scenarios import load_scenario
+from envs.sim.knobs import knob_values, override_to_action
 
 _SEED = 0
 
@@ -54,7 +54,7 @@ def bench_env(
         }
     )
     router = load_scenario(scenario)[0].router
-    action = override_to_action(router_values(router), env.knobs)
+    action = override_to_action(knob_values(router), env.knobs)
     env.reset(seed=_SEED)
     env.step(action)  # primes the reward's reference throughput (see the module doc)
     best_wall_s = float("inf")

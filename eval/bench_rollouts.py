@@ -31,7 +31,7 @@ class RolloutBench:
 def rollout(task: tuple[int, int]) -> float:
     """Step a fresh environment `num_steps` times; the stepping's own seconds."""
     from envs.disagg_env import DisaggRoutingEnv
-    from envs.knobs import override_to_action
+    from envs.sim.knobs import override_to_action
 
     seed, num_steps = task
     env = DisaggRoutingEnv(dict(ENV_CONFIG))

@@ -16,6 +16,7 @@ from typing import Any
 
 from envs.errors import UserError
 from envs.sim.config import EngineConfig, ScenarioConfig
+from envs.sim.knobs import kv_router_config_kwargs
 from envs.sim.workload import Session
 from envs.traces import mooncake_rows, write_mooncake
 
@@ -84,20 +85,7 @@ def _engine_args(engine: EngineConfig, scenario: ScenarioConfig, worker_type: st
 
 
 def _router_config(scenario: ScenarioConfig, kv_router_config_cls: Any) -> Any:
-    router = scenario.router
-    fields = {
-        "overlap_score_credit": router.overlap_score_credit,
-        "overlap_score_credit_decay": router.overlap_score_credit_decay,
-        "prefill_load_scale": router.prefill_load_scale,
-        "decode_active_request_weight": router.decode_active_request_weight,
-        "router_temperature": router.router_temperature,
-        "router_assume_kv_reuse": router.assume_kv_reuse,
-        "router_track_prefill_tokens": router.track_prefill_tokens,
-        "router_track_active_blocks": router.track_active_blocks,
-    }
-    if router.overlap_score_weight is not None:
-        fields["overlap_score_weight"] = router.overlap_score_weight
-    return kv_router_config_cls(**fields)
+    return kv_router_config_cls(**kv_router_config_kwargs(scenario.router))
 
 
 def check_replayable(scenario: ScenarioConfig) -> None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.disagg_env import DisaggRoutingEnv
-from envs.knobs import override_to_action
 from envs.live.backend import LiveBackend, LiveConfig
+from envs.sim.knobs import override_to_action
 from envs.sim.metrics import percentile
 from envs.sim.records import RequestRecord
 

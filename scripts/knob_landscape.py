@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from envs.disagg_env import DisaggRoutingEnv
-from envs.knobs import DEFAULT_RANGES, override_to_action
 from envs.schedules import ScheduleConfig, concurrency_levels
+from envs.sim.knobs import DEFAULT_RANGES, override_to_action
 from eval.episodes import search_grid
 
 

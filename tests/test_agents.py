@@ -15,8 +15,8 @@ from agents.base import PolicyContext, StaticPolicy
 from agents.knee import REGIMES, KneeConfig, KneeController, KneeState, table2
 from agents.policy_spec import PolicySpecError, parse_policies
 from agents.registry import NAMED, resolve, split_names
-from envs.knobs import KnobRange, action_to_override
 from envs.observation import ObservationConfig
+from envs.sim.knobs import KnobRange, action_to_override
 
 V09 = (KnobRange("overlap_score_weight", 0.0, 2.0), KnobRange("router_temperature", 0.0, 1.0))
 V16 = (

@@ -10,8 +10,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers the environment)
 from envs.disagg_env import DisaggRoutingEnv, EnvConfig, make_env
-from envs.knobs import KnobRange, action_to_override, override_to_action
 from envs.schedules import ScheduleConfig, concurrency_levels
+from envs.sim.knobs import KnobRange, action_to_override, override_to_action
 
 # A small, fast configuration: 8B on H200 keeps each interval to a few hundred requests.
 SMALL = {

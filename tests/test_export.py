@@ -30,8 +30,8 @@ from agents.policy_spec import PolicySpecError
 from agents.registry import resolve
 from envs.disagg_env import ENV_ID, DisaggRoutingEnv
 from envs.errors import UserError
-from envs.knobs import action_to_override
 from envs.observation import SCHEMA_VERSION
+from envs.sim.knobs import action_to_override
 from eval.episodes import EpisodeSetup, run_episode
 from training import export_cli
 from training.export import (

@@ -21,10 +21,11 @@ from envs.sim.config import (
     WorkloadConfig,
 )
 from envs.sim.engine import Engine
+from envs.sim.knobs import Knobs
 from envs.sim.kv_tiers import KvTiers
 from envs.sim.metrics import summarize
 from envs.sim.records import Stage
-from envs.sim.router import Knobs, Router, WorkerLoad, kv_costs
+from envs.sim.router import Router, WorkerLoad, kv_costs
 from envs.sim.run import build_cluster, simulate
 from envs.sim.sequence import Sequence
 from envs.sim.timing import make_timing

@@ -206,7 +206,7 @@ def _live_env(live: Live, **kwargs):
 
 
 def _run_intervals(env, knobs: dict, num_intervals: int) -> tuple[list[np.ndarray], list[dict]]:
-    from envs.knobs import override_to_action
+    from envs.sim.knobs import override_to_action
 
     base = env.unwrapped
     action = override_to_action({**base.default_values, **knobs}, base.knobs)

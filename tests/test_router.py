@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 
 from envs.sim.config import RouterConfig
+from envs.sim.knobs import Knobs, apply_override
 from envs.sim.kv_cache import BlockPool
 from envs.sim.records import Stage
-from envs.sim.router import Knobs, Router, WorkerLoad, apply_override, kv_costs, select_index
+from envs.sim.router import Router, WorkerLoad, kv_costs, select_index
 
 B = 16
 ISL = 420

@@ -28,9 +28,10 @@ from envs.sim.config import (
     TopologyConfig,
     WorkloadConfig,
 )
+from envs.sim.knobs import Knobs
 from envs.sim.kv_cache import BlockPool
 from envs.sim.records import RequestRecord, Stage
-from envs.sim.router import Knobs, Router
+from envs.sim.router import Router
 from envs.sim.router_classic import (
     ClassicRouting,
     EngineMetrics,

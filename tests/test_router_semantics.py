@@ -15,9 +15,10 @@ from test_determinism import DISAGG, scenario
 from envs.errors import ScenarioError
 from envs.scenarios import validate
 from envs.sim.config import RouterConfig, ScenarioConfig
+from envs.sim.knobs import Knobs, apply_override
 from envs.sim.kv_cache import BlockPool
 from envs.sim.records import Stage
-from envs.sim.router import Knobs, Router, apply_override, select_index
+from envs.sim.router import Router, select_index
 from envs.sim.run import build_cluster, simulate
 
 B = 16

@@ -139,7 +139,7 @@ def test_initial_policy_sits_on_the_start_knobs(tmp_path):
     from stable_baselines3 import PPO
 
     from envs.disagg_env import DisaggRoutingEnv
-    from envs.knobs import action_to_override
+    from envs.sim.knobs import action_to_override
     from training.train import _start_at_defaults
 
     data = json.loads(json.dumps(TINY))

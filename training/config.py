@@ -29,7 +29,7 @@ import yaml
 
 from envs.disagg_env import ENV_ID, EnvConfig
 from envs.errors import UserError
-from envs.knobs import DEFAULT_RANGES
+from envs.sim.knobs import DEFAULT_RANGES
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "ppo.yaml"
 OURS = "poa-gym"

@@ -20,17 +20,13 @@ import numpy as np
 from agents.base import Policy, PolicyContext
 from agents.onnx_policy import POLICY_JSON, OnnxPolicy, find_export_dir
 from envs.errors import UserError
-from envs.knobs import KnobRange, action_to_override, default_knobs, router_values
 from envs.observation import HISTORY_FEATURES, ObservationConfig
 from envs.sim.config import RouterConfig
+from envs.sim.knobs import RELEASE_KNOBS, KnobRange, action_to_override, default_knobs, knob_values
 
 NAMED = ("knee", "default")
 # Dynamo 1.6.1's own values of its per-request knobs: the safe setting unless told otherwise.
-DYNAMO_DEFAULT_KNOBS: dict[str, float] = {
-    name: value
-    for name, value in router_values(RouterConfig()).items()
-    if name in ("overlap_score_credit", "prefill_load_scale", "router_temperature")
-}
+DYNAMO_DEFAULT_KNOBS: dict[str, float] = knob_values(RouterConfig(), RELEASE_KNOBS["dynamo-1.6"])
 
 
 class PolicyLoadError(UserError, ValueError):

@@ -50,8 +50,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from envs.live.decisions import DecisionLog, LiveDecision
 from envs.live.scoring import Choice, WorkerState, choose_worker, knobs_for, worker_states
 from envs.sim.config import RouterConfig
+from envs.sim.knobs import RELEASE_KNOBS
 
-KNOB_NAMES = ("overlap_score_credit", "prefill_load_scale", "router_temperature")
+# The live deployment is Dynamo 1.6.1: its per-request knobs are the ones the router takes.
+KNOB_NAMES = RELEASE_KNOBS["dynamo-1.6"]
 TOKEN_ENV = "POA_GYM_CONTROL_TOKEN"
 ROLES = ("aggregated", "prefill")
 DISCOVERY_BACKENDS = ("file", "etcd", "kubernetes", "mem")  # dynamo.common.utils.runtime.create_runtime's
@@ -330,9 +332,7 @@ class KnobRouter:
                 choice.costs,
                 tuple(s.device_blocks for s in choice.states),
                 isl_tokens,
-                knobs["overlap_score_credit"],
-                knobs["prefill_load_scale"],
-                knobs["router_temperature"],
+                *(knobs[name] for name in KNOB_NAMES),  # LiveDecision's knob fields, in this order
             )
         )
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.sim.config import EngineConfig, ScenarioConfig
+from envs.sim.knobs import RELEASE_KNOBS, knob_values, kv_router_config_kwargs
 
 WORKER_SUFFIX = "--workers"
 # "knob-router": the knob router stands in for the knob tier; "dynamo": plain Dynamo 1.6.1, the
@@ -112,7 +113,7 @@ def plan_deployment(inputs: PlanInputs) -> LivePlan:
         "serve_endpoint": "dynamo.knobs.generate",
         "upstream_endpoint": upstream,
         "block_size": scenario.engine_for(tier).block_size,
-        "kv_router": kv_router_fields(scenario),
+        "kv_router": kv_router_config_kwargs(scenario.router),
         "router": asdict(scenario.router),
         "knobs": scenario_knobs(scenario),
         "control_port": inputs.control_port,
@@ -126,25 +127,8 @@ def plan_deployment(inputs: PlanInputs) -> LivePlan:
 
 
 def scenario_knobs(scenario: ScenarioConfig) -> dict[str, float]:
-    router = scenario.router
-    return {
-        "overlap_score_credit": router.overlap_score_credit,
-        "prefill_load_scale": router.prefill_load_scale,
-        "router_temperature": router.router_temperature,
-    }
-
-
-def kv_router_fields(scenario: ScenarioConfig) -> dict[str, Any]:
-    """The scenario's router as `dynamo.llm.KvRouterConfig` keyword arguments."""
-    router = scenario.router
-    return {
-        **scenario_knobs(scenario),
-        "overlap_score_credit_decay": router.overlap_score_credit_decay,
-        "decode_active_request_weight": router.decode_active_request_weight,
-        "router_assume_kv_reuse": router.assume_kv_reuse,
-        "router_track_prefill_tokens": router.track_prefill_tokens,
-        "router_track_active_blocks": router.track_active_blocks,
-    }
+    """The scenario's own values of the knobs the knob router takes per request."""
+    return knob_values(scenario.router, RELEASE_KNOBS["dynamo-1.6"])
 
 
 def _mockers(inputs: PlanInputs, tier: str, endpoint: str | None, suffix: str) -> list[ProcessSpec]:

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from envs.sim.config import RouterConfig
-from envs.sim.router import Knobs, WorkerLoad, kv_costs, select_index
+from envs.sim.knobs import Knobs, merge_override
+from envs.sim.router import WorkerLoad, kv_costs, select_index
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +110,5 @@ def choose_worker(
 
 
 def knobs_for(router: RouterConfig, values: Mapping[str, float]) -> Knobs:
-    """The scenario's knobs with the agent's three values in force."""
-    base = Knobs.from_config(router)
-    return Knobs(
-        float(values.get("overlap_score_credit", base.overlap_score_credit)),
-        float(values.get("prefill_load_scale", base.prefill_load_scale)),
-        float(values.get("router_temperature", base.router_temperature)),
-        base.assume_kv_reuse,
-        base.track_prefill_tokens,
-    )
+    """The scenario's knobs with the agent's values in force (Dynamo's override merge)."""
+    return merge_override(router, {name: float(value) for name, value in values.items()})

@@ -22,21 +22,13 @@ import simpy
 
 from envs.sim.config import ScenarioConfig
 from envs.sim.engine import Engine
+from envs.sim.knobs import DECODE_OVERRIDES, Knobs, apply_override, merge_override
 from envs.sim.records import RequestRecord, RouteDecision, Stage
-from envs.sim.router import Knobs, Router, apply_override
+from envs.sim.router import Router
 from envs.sim.router_classic import EngineMetrics
 from envs.sim.sequence import Sequence
 from envs.sim.timing import TimingModel
 from envs.sim.workload import Session, Turn, prompt_block_hashes, sequence_block_hashes
-
-# The decode stage's forced override in each release's frontend: 1.6.1 makes it load-only;
-# v0.9 zeroed only the weight, so prefix blocks booked on a decode worker still count once.
-_DECODE_OVERRIDES: dict[str, dict[str, float | bool | None]] = {
-    "dynamo-1.6": {"overlap_score_credit": 0.0, "assume_kv_reuse": False, "track_prefill_tokens": False},
-    "dynamo-0.9": {"overlap_score_weight": 0.0},
-}
-# v0.9's RouterConfigOverride had two fields.
-_V09_OVERRIDE_FIELDS = frozenset({"overlap_score_weight", "router_temperature"})
 
 
 class _Flight:
@@ -195,14 +187,7 @@ class Cluster:
 
     def set_router_override(self, override: dict[str, float | bool | None] | None) -> None:
         """Route every request from now on with the scenario's knobs plus this override."""
-        if self.scenario.router.router_semantics == "dynamo-0.9" and override:
-            unknown = set(override) - _V09_OVERRIDE_FIELDS
-            if unknown:
-                raise ValueError(
-                    f"router_config_override: Dynamo v0.9 takes only {sorted(_V09_OVERRIDE_FIELDS)}, "
-                    f"not {sorted(unknown)}"
-                )
-        self._knobs = apply_override(Knobs.from_config(self.scenario.router), override)
+        self._knobs = merge_override(self.scenario.router, override)
 
     def on_progress(self, hook: ProgressHook) -> None:
         self._progress = hook
@@ -363,7 +348,7 @@ class Cluster:
         arrival knobs seen: they change once per control interval, requests hand off thousands
         of times."""
         if arrival_knobs is not self._decode_knobs_for:
-            forced = _DECODE_OVERRIDES[self.scenario.router.router_semantics]
+            forced = DECODE_OVERRIDES[self.scenario.router.router_semantics]
             self._decode_knobs_value = apply_override(arrival_knobs, forced)
             self._decode_knobs_for = arrival_knobs
         return self._decode_knobs_value

@@ -18,74 +18,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceOf
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from envs.sim.config import RouterConfig
+from envs.sim.knobs import Knobs
 from envs.sim.records import RouteDecision, Stage
 from envs.sim.router_classic import CLASSIC_MODES, ClassicRouting, EngineMetricsOracle
-
-
-@dataclass(frozen=True, slots=True)
-class Knobs:
-    """The knobs one request is routed with, after per-request overrides."""
-
-    overlap_score_credit: float = 1.0
-    prefill_load_scale: float = 1.0
-    router_temperature: float = 0.0
-    assume_kv_reuse: bool = True
-    track_prefill_tokens: bool = True
-
-    @classmethod
-    def from_config(cls, config: RouterConfig) -> Knobs:
-        knobs = cls(
-            config.overlap_score_credit,
-            config.prefill_load_scale,
-            config.router_temperature,
-            config.assume_kv_reuse,
-            config.track_prefill_tokens,
-        )
-        return apply_override(knobs, {"overlap_score_weight": config.overlap_score_weight})
-
-
-OVERRIDE_FIELDS = frozenset(
-    {
-        "overlap_score_credit",
-        "prefill_load_scale",
-        "router_temperature",
-        "overlap_score_weight",
-        "assume_kv_reuse",
-        "track_prefill_tokens",
-    }
-)
-
-
-def apply_override(knobs: Knobs, override: dict[str, float | bool | None] | None) -> Knobs:
-    """Apply a `router_config_override` dict as Dynamo 1.6.1 does.
-
-    Unset (None) fields keep the router's value. The v0.9 name `overlap_score_weight` maps to
-    `prefill_load_scale`, and a weight of 0 also turns the overlap credit off.
-    """
-    if not override:
-        return knobs
-    unknown = set(override) - OVERRIDE_FIELDS
-    if unknown:
-        raise ValueError(f"router_config_override: unknown field(s) {sorted(unknown)}")
-    fields = {k: v for k, v in override.items() if v is not None and k != "overlap_score_weight"}
-    for name in ("overlap_score_credit", "prefill_load_scale", "router_temperature"):
-        value = fields.get(name)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"router_config_override: {name} must be finite and >= 0, got {value}")
-    weight = override.get("overlap_score_weight")
-    if weight is not None:
-        if not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"router_config_override: overlap_score_weight must be >= 0, got {weight}")
-        fields["prefill_load_scale"] = weight
-        if weight == 0:
-            fields["overlap_score_credit"] = 0.0
-    return replace(knobs, **fields) if fields else knobs
 
 
 @dataclass(slots=True)
