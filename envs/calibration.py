@@ -26,8 +26,8 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from envs.errors import UserError
-from envs.hardware import H200_SXM, LLAMA_3_1_8B
-from envs.roofline import Deployment, Efficiency, decode_ms, prefill_ms
+from envs.sim.hardware import H200_SXM, LLAMA_3_1_8B
+from envs.sim.roofline import Deployment, Efficiency, decode_ms, prefill_ms
 
 DATA_SUBDIR = Path("planner/tests/data/profiling_results/H200_TP1P_TP1D")
 PREFILL_FILE = Path("selected_prefill_interpolation/raw_data.npz")

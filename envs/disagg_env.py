@@ -79,8 +79,8 @@ from envs.sim.knobs import (
     override_to_action,
 )
 from envs.sim.metrics import summarize
+from envs.sim.profile_arrays import ProfileArrays
 from envs.sim.run import build_cluster, random_streams
-from envs.sim.timing import ProfileArrays
 from envs.sim_metrics import SimMetrics
 from eval.poa import PoaParams, estimate_poa, poa_params_for
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from envs.errors import ScenarioError
-from envs.sim.timing import ProfileArrays
+from envs.sim.profile_arrays import ProfileArrays
 
 PROFILE_KEYS = (
     "prefill_isl",

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import percentile
+from envs.sim.profile_arrays import ProfileArrays
 from envs.sim.records import RequestRecord
 from envs.sim.run import build_cluster
-from envs.sim.timing import ProfileArrays
 
 
 @dataclass(frozen=True, slots=True)

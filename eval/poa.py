@@ -37,8 +37,9 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from envs.sim.config import ScenarioConfig
+from envs.sim.profile_arrays import ProfileArrays
 from envs.sim.records import RequestRecord, RouteDecision, Stage
-from envs.sim.timing import ProfileArrays, TimingModel, make_timing
+from envs.sim.timing import TimingModel, make_timing
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ def add_parser(commands: Any) -> None:
 
 
 def _named(name: str) -> Any:
-    from envs.profile_catalog import get_profile
+    from envs.sim.profile_catalog import get_profile
 
     try:
         return get_profile(name)
@@ -48,7 +48,7 @@ def _named(name: str) -> Any:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from envs.profile_catalog import PROFILES
+    from envs.sim.profile_catalog import PROFILES
 
     table = Table("profile", "description", "KV B/token", "KV blocks (64)", "P->D link GB/s")
     for p in PROFILES.values():
@@ -86,7 +86,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_fit_report(args: argparse.Namespace) -> int:
     from envs import calibration
-    from envs.profile_catalog import H200_FITTED
+    from envs.sim.profile_catalog import H200_FITTED
 
     try:
         data = calibration.load_measurements(calibration.find_profiler_data(args.data))
@@ -153,7 +153,7 @@ def _print_report(report: dict[str, Any]) -> None:
         f"decode {report['decode_median_ape']:.2%}"
     )
     out.print(
-        f"stored factors (envs.profile_catalog.H200_FITTED): prefill "
+        f"stored factors (envs.sim.profile_catalog.H200_FITTED): prefill "
         f"{report['stored_prefill_median_ape']:.2%}, decode {report['stored_decode_median_ape']:.2%}"
     )
     factors = ", ".join(f"{k}={v:.4g}" for k, v in report["factors"].items())

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envs.sim.config import ScenarioConfig
+from envs.sim.profile_arrays import ProfileArrays
 from envs.sim.run import SimResult, simulate
-from envs.sim.timing import ProfileArrays
 from envs.sim.workload import Session
 
 

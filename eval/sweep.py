@@ -26,9 +26,9 @@ from envs.errors import ScenarioError, UserError
 from envs.scenarios import load_scenario
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
+from envs.sim.profile_arrays import ProfileArrays
 from envs.sim.records import RequestRecord
 from envs.sim.run import simulate
-from envs.sim.timing import ProfileArrays
 from eval.poa import PoaParams, estimate_poa, poa_params_for
 from eval.runner import load_inputs
 from eval.sweep_results import SweepRow, nan_to_none

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from envs.sim.metrics import goodput_rps, percentile, prefix_reuse_ratio, summarize
+from envs.sim.profile_arrays import ProfileArrays
 from envs.sim.records import RequestRecord
-from envs.sim.timing import PolynomialTiming, ProfileArrays, ProfileTiming
+from envs.sim.timing import PolynomialTiming, ProfileTiming
 
 
 def record(

@@ -12,12 +12,12 @@ import pytest
 
 from envs import calibration
 from envs.errors import ScenarioError
-from envs.hardware import GpuSpec, ModelShape
-from envs.profile_catalog import H200_FITTED, PROFILES, get_profile
 from envs.profiles import PROFILE_KEYS, load_profile, save_profile
-from envs.roofline import Deployment, Efficiency, allreduce_s, decode_ms, decode_work, prefill_work
 from envs.scenarios import validate
+from envs.sim.hardware import GpuSpec, ModelShape
 from envs.sim.metrics import summarize
+from envs.sim.profile_catalog import H200_FITTED, PROFILES, get_profile
+from envs.sim.roofline import Deployment, Efficiency, allreduce_s, decode_ms, decode_work, prefill_work
 from envs.sim.run import simulate
 from eval.cli import main as cli_main
 from eval.dynamo_replay import dynamo_available

@@ -183,8 +183,8 @@ def _plan_inputs(scenario: ScenarioConfig, workdir: Path, start: StartOptions) -
 
 
 def _export_profile(scenario: ScenarioConfig, workdir: Path) -> Path:
-    from envs.profile_catalog import profile_arrays
     from envs.profiles import load_profile, save_profile
+    from envs.sim.profile_catalog import profile_arrays
 
     timing = scenario.timing
     arrays = load_profile(timing.profile_path) if timing.profile_path else profile_arrays(str(timing.profile))

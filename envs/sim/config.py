@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass
 
+from envs.sim.profile_catalog import PROFILES
+
 _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 RouterMode = Literal["kv", "round_robin", "random", "power_of_two", "least_loaded", "cache_aware", "llm_d"]
@@ -110,7 +112,7 @@ class TimingConfig:
 
     `polynomial` is the mocker's default formula; `profile` interpolates a mocker-format profile:
     a file (`profile_path`; the NPZ arrays are loaded at the edge and passed to the timing model,
-    never read here) or a built-in roofline profile by name (`profile`, `envs.profile_catalog`).
+    never read here) or a built-in roofline profile by name (`profile`, `envs.sim.profile_catalog`).
     """
 
     kind: Literal["polynomial", "profile"] = "polynomial"
@@ -143,10 +145,6 @@ class TimingConfig:
 
 
 def _profile_names() -> list[str]:
-    # Imported only when a scenario names a profile: the catalog imports the timing module,
-    # which imports this one.
-    from envs.profile_catalog import PROFILES
-
     return list(PROFILES)
 
 

@@ -10,9 +10,10 @@ import numpy as np
 
 from envs.sim.cluster import Cluster, ProgressHook
 from envs.sim.config import ScenarioConfig
+from envs.sim.profile_arrays import ProfileArrays
 from envs.sim.records import RequestRecord
 from envs.sim.sequence import EngineStats
-from envs.sim.timing import ProfileArrays, make_timing
+from envs.sim.timing import make_timing
 from envs.sim.workload import Session, SyntheticSessions, load_at, open_loop_starts
 
 STREAMS = ("arrivals", "sessions", "routing")

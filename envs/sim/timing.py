@@ -15,6 +15,8 @@ from typing import Protocol
 import numpy as np
 
 from envs.sim.config import TimingConfig
+from envs.sim.profile_arrays import ProfileArrays
+from envs.sim.profile_catalog import profile_arrays
 
 
 class TimingModel(Protocol):
@@ -46,33 +48,6 @@ class PolynomialTiming:
         u = min(1.0, active_kv_tokens / capacity_tokens)
         raw = max(1.0, -25.74 * u * u + 54.01 * u + 5.74)
         return raw / (self.speedup_ratio * self.decode_speedup_ratio)
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileArrays:
-    """A mocker-format profile (the keys `dynamo.mocker --planner-profile-data` reads).
-
-    prefill_isl [n], prefill_ttft_ms [n]: prefill time by input length.
-    decode_active_kv_tokens [a], decode_context_length [c], decode_itl [a, c] (or [c, a] as
-    stored by the profiler, see `from_npz_dict`): one decode step by KV load and context.
-    """
-
-    prefill_isl: np.ndarray
-    prefill_ttft_ms: np.ndarray
-    decode_active_kv_tokens: np.ndarray
-    decode_context_length: np.ndarray
-    decode_itl: np.ndarray
-
-    def __post_init__(self) -> None:
-        for name in ("prefill_isl", "decode_active_kv_tokens", "decode_context_length"):
-            axis = getattr(self, name)
-            if axis.ndim != 1 or len(axis) < 2 or np.any(np.diff(axis) <= 0):
-                raise ValueError(f"{name} must be a strictly increasing 1-D array of >= 2 points")
-        if self.prefill_ttft_ms.shape != self.prefill_isl.shape:
-            raise ValueError("prefill_ttft_ms must have the shape of prefill_isl")
-        want = (len(self.decode_active_kv_tokens), len(self.decode_context_length))
-        if self.decode_itl.shape != want:
-            raise ValueError(f"decode_itl must have shape {want}, got {self.decode_itl.shape}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +174,6 @@ def _exact_timing(config: TimingConfig, profile: ProfileArrays | None) -> Timing
     if config.kind == "polynomial":
         return PolynomialTiming(config.speedup_ratio, config.decode_speedup_ratio)
     if profile is None and config.profile is not None:
-        from envs.profile_catalog import profile_arrays  # pure computation; imported late (cycle)
-
         profile = profile_arrays(config.profile)
     if profile is None:
         raise ValueError("timing kind 'profile' needs the profile arrays (load them with envs.profiles)")

@@ -3,7 +3,7 @@ the figures a scenario preset needs (KV bytes per token, KV blocks per worker, t
 
 A scenario selects one with `timing: {kind: profile, profile: NAME}`; `profile_arrays(NAME)`
 tabulates its roofline in the mocker's format (pure computation, cached per name). The constants
-and their sources are in `envs/hardware.py` and `envs/PROFILES.md`.
+and their sources are in `envs/sim/hardware.py` and `envs/PROFILES.md`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from envs import roofline
-from envs.hardware import (
+from envs.sim import roofline
+from envs.sim.hardware import (
     B200_HGX,
     H200_SXM,
     INFINIBAND_NDR,
@@ -22,8 +22,8 @@ from envs.hardware import (
     NVLINK_4,
     LinkSpec,
 )
-from envs.roofline import Deployment, Efficiency, kv_capacity_blocks
-from envs.sim.timing import ProfileArrays
+from envs.sim.profile_arrays import ProfileArrays
+from envs.sim.roofline import Deployment, Efficiency, kv_capacity_blocks
 
 # Fitted by `poa-gym profile fit-report` (envs.calibration.fit) to the 17 prefill and 41 decode
 # points of the H200 / Llama-3.1-8B-Instruct-FP8 profiler data in ai-dynamo 1.6.1: median

@@ -11,7 +11,7 @@ A pass runs two kinds of kernels back to back, each bound by compute or by HBM t
 
 with a ring all-reduce over NVLink of 2 (TP - 1) / TP x tokens x hidden x 2 bytes plus a fixed
 latency (none at TP = 1). The efficiency factors and overheads are fitted to measured data
-(`envs.calibration`); everything else is a published constant (`envs.hardware`). All counts are
+(`envs.calibration`); everything else is a published constant (`envs.sim.hardware`). All counts are
 per GPU (the work of one TP rank). Functions accept numpy arrays so a whole grid costs one call.
 """
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.hardware import GpuSpec, ModelShape
-from envs.sim.timing import ProfileArrays
+from envs.sim.hardware import GpuSpec, ModelShape
+from envs.sim.profile_arrays import ProfileArrays
 
 ArrayLike = float | np.ndarray
 
