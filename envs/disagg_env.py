@@ -65,8 +65,9 @@ import numpy as np
 
 from envs.live.backend import LiveBackend, LiveConfig, Unreachable
 from envs.observation import ObservationBuilder, ObservationConfig
+from envs.poa import PoaParams, estimate_poa, poa_params_for
 from envs.reward import ReferenceThroughput, RewardConfig, reward_terms
-from envs.scenarios import load_scenario
+from envs.scenarios import load_inputs, load_scenario
 from envs.schedules import ScheduleConfig, concurrency_levels
 from envs.sim.config import LoadStep, ScenarioConfig
 from envs.sim.knobs import (
@@ -82,7 +83,6 @@ from envs.sim.metrics import summarize
 from envs.sim.profile_arrays import ProfileArrays
 from envs.sim.run import build_cluster, random_streams
 from envs.sim_metrics import SimMetrics
-from eval.poa import PoaParams, estimate_poa, poa_params_for
 
 ENV_ID = "PoAGym/DisaggRouting-v0"
 
@@ -207,8 +207,6 @@ class DisaggRoutingEnv(gym.Env):
         return tuple(self._cluster.records) if self._cluster is not None else ()
 
     def _load(self, name: str) -> _LoadedScenario:
-        from eval.runner import load_inputs  # file I/O stays at the edge: the env, not envs.sim
-
         scenario, path = load_scenario(name, list(self.config.overrides))
         if scenario.workload.arrival == "trace":
             raise ValueError(

@@ -1,4 +1,5 @@
-"""Scenario files: find a preset or a path, parse YAML, apply overrides, validate.
+"""Scenario files: find a preset or a path, parse YAML, apply overrides, validate; load the files
+a scenario names (trace, timing profile) relative to it, and run it.
 
 Every problem becomes a `ScenarioError` whose message names the file, the field and the rule,
 so the CLI can print it without a traceback. The field reference is `envs/scenarios/README.md`.
@@ -6,6 +7,8 @@ so the CLI can print it without a traceback. The field reference is `envs/scenar
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,12 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from envs.errors import ScenarioError
+from envs.profiles import load_profile
 from envs.sim.config import ScenarioConfig
+from envs.sim.profile_arrays import ProfileArrays
+from envs.sim.run import SimResult, simulate
+from envs.sim.workload import Session
+from envs.traces import load_mooncake
 
 PRESET_DIR = Path(__file__).parent / "scenarios"
 _ADAPTER = TypeAdapter(ScenarioConfig)
@@ -58,6 +66,34 @@ def validate(data: Any, source: str) -> ScenarioConfig:
         return _ADAPTER.validate_python(data)
     except ValidationError as error:
         raise ScenarioError(_describe(error, source)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioInputs:
+    """The files a scenario names, loaded: trace sessions (trace arrivals) and a timing profile."""
+
+    trace_sessions: Iterable[Session] | None
+    profile: ProfileArrays | None
+
+
+def load_inputs(scenario: ScenarioConfig, path: Path) -> ScenarioInputs:
+    """Load the trace and the timing profile a scenario names, relative to its file."""
+    base = path.parent
+    sessions = None
+    if scenario.workload.arrival == "trace":
+        workload = scenario.workload
+        trace = base / workload.trace_path if workload.trace_path else None
+        sessions = load_mooncake(trace, workload.trace_block_tokens, workload.trace_time_scale)
+    profile = load_profile(base / scenario.timing.profile_path) if scenario.timing.profile_path else None
+    return ScenarioInputs(sessions, profile)
+
+
+def run_scenario(
+    scenario: ScenarioConfig, path: Path, progress: Callable[[float, int], None] | None = None
+) -> SimResult:
+    """Load what the scenario names (trace, profile) relative to its file, then simulate."""
+    inputs = load_inputs(scenario, path)
+    return simulate(scenario, trace_sessions=inputs.trace_sessions, profile=inputs.profile, progress=progress)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def rollout(task: tuple[int, int]) -> float:
 def bench_rollouts(workers: list[int], steps_per_worker: int, address: str | None) -> list[RolloutBench]:
     import ray
 
-    from eval.ray_engine import init_ray, map_on_ray
+    from training.ray_engine import init_ray, map_on_ray
 
     started = init_ray(address, min_cpus=max(workers))
     try:

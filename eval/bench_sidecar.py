@@ -16,7 +16,7 @@ import numpy as np
 
 from agents.sidecar.decider import Decider, DeciderConfig
 from agents.sidecar.policies import DYNAMO_DEFAULT_KNOBS, load_policy
-from envs.live.knob_router import RoutingLedger
+from envs.live.ledger import RoutingLedger
 from envs.live.snapshot import live_snapshot
 from envs.prometheus import render_snapshot
 from envs.scenarios import load_scenario

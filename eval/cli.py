@@ -23,12 +23,21 @@ from rich.table import Table
 
 from agents.sidecar import cli as sidecar_cli
 from envs.errors import UserError
-from envs.scenarios import load_scenario, preset_names
+from envs.scenarios import load_scenario, preset_names, run_scenario
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
-from eval import bench_sidecar_cli, dynamo_cli, eval_cli, live_check_cli, profile_cli, regimes_cli, sweep_cli
-from eval.runner import run_scenario
-from training import export_cli, train_cli, tune_cli
+from eval import (
+    bench_sidecar_cli,
+    dynamo_cli,
+    eval_cli,
+    export_cli,
+    live_check_cli,
+    profile_cli,
+    regimes_cli,
+    sweep_cli,
+    train_cli,
+    tune_cli,
+)
 
 console = Console(stderr=True)
 # Wide tables stay readable when piped to a file or a CI log (rich assumes 80 columns there).
@@ -313,7 +322,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_rollouts(args: argparse.Namespace) -> int:
-    from eval.ray_engine import INSTALL_HINT, ray_missing
+    from training.ray_engine import INSTALL_HINT, ray_missing
 
     if ray_missing():
         raise UserError(f"--rollouts needs Ray: {INSTALL_HINT}")

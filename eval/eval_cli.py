@@ -21,8 +21,8 @@ from agents.registry import NAMED, resolve, split_names
 from envs.errors import UserError
 
 if TYPE_CHECKING:
-    from eval.episodes import EpisodeSetup
-    from eval.evaluate import Evaluation
+    from agents.episodes import EpisodeSetup
+    from agents.evaluate import Evaluation
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 180)
@@ -86,8 +86,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--seeds, --search-seeds and --jobs must be >= 1")
     setup = _setup(args, policies)
     search = _search_values(args.search, setup) if "best-static" in policies else None
+    from agents.evaluate import evaluate
     from eval.eval_report import write_plots, write_results
-    from eval.evaluate import evaluate
 
     total = len(policies) * args.seeds + (_grid_size(search) * args.search_seeds if search else 0)
     with _progress() as bar:
@@ -121,9 +121,9 @@ def _policies(text: str) -> list[str]:
 
 
 def _setup(args: argparse.Namespace, policies: list[str]) -> EpisodeSetup:
+    from agents.episodes import EpisodeSetup
     from envs.errors import ScenarioError
     from envs.schedules import ScheduleConfig
-    from eval.episodes import EpisodeSetup
 
     try:
         low, high = (int(part) for part in args.knee_band.split(","))
@@ -159,7 +159,7 @@ def _check_policy(setup: EpisodeSetup, name: str) -> None:
 
 
 def _search_values(text: str | None, setup: EpisodeSetup) -> dict[str, tuple[float, ...]]:
-    from eval.episodes import default_search_grid
+    from agents.episodes import default_search_grid
 
     if text is None:
         return default_search_grid(setup)

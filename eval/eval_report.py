@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agents.episodes import IntervalRow, row_dict
+from agents.evaluate import Evaluation
 from agents.registry import ROUTER_MODES
-from eval.episodes import IntervalRow, row_dict
-from eval.evaluate import Evaluation
 
 SCHEMA_VERSION = 1
 
@@ -68,6 +68,12 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
+    """The tables and the plots; returns the plots (training logs them to W&B)."""
+    write_results(evaluation, out_dir)
+    return write_plots(evaluation, out_dir)
 
 
 def write_plots(evaluation: Evaluation, out_dir: Path) -> list[Path]:

@@ -23,14 +23,13 @@ import numpy as np
 
 from agents.policy_spec import PolicySpec
 from envs.errors import ScenarioError, UserError
-from envs.scenarios import load_scenario
+from envs.poa import PoaParams, estimate_poa, poa_params_for
+from envs.scenarios import load_inputs, load_scenario
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
 from envs.sim.profile_arrays import ProfileArrays
 from envs.sim.records import RequestRecord
 from envs.sim.run import simulate
-from eval.poa import PoaParams, estimate_poa, poa_params_for
-from eval.runner import load_inputs
 from eval.sweep_results import SweepRow, nan_to_none
 
 # 20% of the run: long enough for a closed loop's synchronised first wave to spread out (a few
@@ -238,7 +237,7 @@ def run_sweep(
     rows: list[SweepRow | None] = [None] * len(plan.runs)
     notify = on_run_done or (lambda row: None)
     if engine == "ray":
-        from eval.ray_engine import map_on_ray
+        from training.ray_engine import map_on_ray
 
         return map_on_ray(run_one, plan.runs, ray_address, lambda _, row: notify(row))
     if jobs <= 1 or len(plan.runs) <= 1:

@@ -143,7 +143,7 @@ def _parse_policy_flags(texts: list[str]) -> list[PolicySpec]:
 
 
 def _check_engine(args: argparse.Namespace) -> None:
-    from eval.ray_engine import INSTALL_HINT, ray_missing
+    from training.ray_engine import INSTALL_HINT, ray_missing
 
     if args.ray_address and args.engine != "ray":
         raise UserError("--ray-address goes with --engine ray")

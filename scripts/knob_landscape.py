@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.episodes import search_grid
 from envs.disagg_env import DisaggRoutingEnv
 from envs.schedules import ScheduleConfig, concurrency_levels
 from envs.sim.knobs import DEFAULT_RANGES, override_to_action
-from eval.episodes import search_grid
 
 
 def _grid(text: str) -> list[dict[str, float]]:

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
+from agents.episodes import EVAL_SEED_BASE, EpisodeSetup, run_episode
+from agents.evaluate import SearchPoint, best_point, evaluate
 from envs.schedules import ScheduleConfig
 from eval.cli import main
-from eval.episodes import EVAL_SEED_BASE, EpisodeSetup, run_episode
 from eval.eval_report import write_results
-from eval.evaluate import SearchPoint, best_point, evaluate
 
 TINY = EpisodeSetup(
     "llama70b-b200-1p5d",

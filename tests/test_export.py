@@ -25,6 +25,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from agents.base import PolicyContext
+from agents.episodes import EpisodeSetup, run_episode
 from agents.onnx_policy import OBSERVATION_SCHEMA_VERSION, OnnxPolicy
 from agents.policy_spec import PolicySpecError
 from agents.registry import resolve
@@ -32,7 +33,6 @@ from envs.disagg_env import ENV_ID, DisaggRoutingEnv
 from envs.errors import UserError
 from envs.observation import SCHEMA_VERSION
 from envs.sim.knobs import action_to_override
-from eval.episodes import EpisodeSetup, run_episode
 from training import export_cli
 from training.export import (
     export_checkpoint,

@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agents.episodes import EpisodeSetup, run_episode
 from agents.registry import resolve
 from envs.disagg_env import DisaggRoutingEnv
-from envs.scenarios import load_scenario, preset_names
+from envs.poa import estimate_poa, poa_params_for
+from envs.scenarios import load_inputs, load_scenario, preset_names, run_scenario
 from envs.schedules import ScheduleConfig
-from eval.episodes import EpisodeSetup, run_episode
-from eval.poa import estimate_poa, poa_params_for
-from eval.runner import load_inputs, run_scenario
 
 GOLDEN = Path(__file__).parent / "golden" / "digests.json"
 SIM_DURATION_S = 20.0

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from envs.poa import LatencyModel, PoaParams, estimate_poa, frozen_matrix, optimal_cost
 from envs.sim.records import RequestRecord, RouteDecision, Stage
-from eval.poa import LatencyModel, PoaParams, estimate_poa, frozen_matrix, optimal_cost
 
 LATENCY = LatencyModel(block_size=64, base_s=0.01, per_uncached_token_s=1e-4, per_inflight_s=0.02)
 

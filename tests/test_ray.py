@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.ray_engine import ray_missing
+from training.ray_engine import ray_missing
 
 pytestmark = [
     pytest.mark.ray,

@@ -12,12 +12,11 @@ import pytest
 
 from envs.disagg_env import DisaggRoutingEnv
 from envs.reward import RewardConfig, reward_terms
-from envs.scenarios import load_scenario
+from envs.scenarios import load_inputs, load_scenario
 from envs.sim.config import WorkloadConfig
 from envs.sim.knobs import override_to_action
 from envs.sim.run import build_cluster
 from envs.sim.workload import SyntheticSessions
-from eval.runner import load_inputs
 
 
 def _finite_run(name: str, num_requests: int = 120):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import yaml
 
 from envs.disagg_env import ENV_ID, EnvConfig
 from envs.errors import UserError
-from envs.sim.knobs import DEFAULT_RANGES
+from envs.sim.knobs import ALL_KNOBS, check_knob_value
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "ppo.yaml"
 OURS = "poa-gym"
@@ -114,10 +113,9 @@ class TrainConfig:
         if self.start_knobs and not self.start_at_defaults:
             raise ValueError("start_knobs: needs start_at_defaults: true (they replace some defaults)")
         for name, value in self.start_knobs.items():
-            if name not in DEFAULT_RANGES:
-                raise ValueError(f"start_knobs.{name}: not a knob ({', '.join(DEFAULT_RANGES)})")
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"start_knobs.{name}: needs a finite number >= 0, got {value!r}")
+            if name not in ALL_KNOBS:
+                raise ValueError(f"start_knobs.{name}: not a knob ({', '.join(ALL_KNOBS)})")
+            check_knob_value(f"start_knobs.{name}", value)
 
     def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with command-line overrides (None leaves a field as it is)."""

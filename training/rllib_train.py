@@ -4,7 +4,7 @@ RLlib does not see Gymnasium's registry, so the environment is registered with R
 `register_env` and built from the same `env` config dict as SB3's run. The config's SB3 PPO
 settings map onto RLlib's (`RLLIB_NAMES`); `n_steps * num_env_runners` steps make one training
 batch. Without `--ray-address` a local Ray instance starts on the machine's cores; with it, the
-run joins an existing cluster (`eval.ray_engine.init_ray`).
+run joins an existing cluster (`training.ray_engine.init_ray`).
 
 The checkpoint directory keeps the SB3 layout where it can: `config.yaml`, `run.json`, `logs/`
 (`progress.csv`), `export/` (`policy.onnx` + `policy.json`, so `poa-gym eval ppo:DIR` and the
@@ -23,16 +23,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from envs.errors import UserError
-from eval import ray_engine
-from eval.ray_engine import init_ray
+from training import ray_engine
 from training.checkpoint import CONFIG_FILE, write_config, write_run_info
 from training.config import TrainConfig
+from training.ray_engine import init_ray
 from training.rllib_validation import RllibValidator
+
+if TYPE_CHECKING:
+    from training.train import ReportWriter
 
 RLLIB_DIR = "rllib"
 ENV_NAME = "poa-gym-disagg-routing"
@@ -63,6 +66,7 @@ class RllibRequest:
     progress: bool = True
     wandb: bool = False
     wandb_project: str = "poa-gym"
+    report: ReportWriter | None = None  # as TrainRequest.report
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +201,7 @@ def train_rllib(config: TrainConfig, request: RllibRequest) -> RllibResult:
     finally:
         if started:
             ray.shutdown()
-    table = _final_test(config, out_dir, request.jobs, run) if request.final_test else {}
+    table = _final_test(config, out_dir, request, run) if request.final_test else {}
     if run is not None:
         from training import wandb_run
 
@@ -283,7 +287,7 @@ def export_rllib_module(module: Any, normalization: Any, config_path: Path, out_
     return write_export(write_onnx, normalization, knobs, feature_names, interval_s, out_dir)
 
 
-def _final_test(config: TrainConfig, out_dir: Path, jobs: int, run: Any) -> dict[str, Any]:
+def _final_test(config: TrainConfig, out_dir: Path, request: RllibRequest, run: Any) -> dict[str, Any]:
     from training.train import final_test
 
-    return final_test(config, out_dir, jobs or os.cpu_count() or 1, run)
+    return final_test(config, out_dir, request.jobs or os.cpu_count() or 1, run, request.report)

@@ -12,10 +12,12 @@ import importlib.util
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agents.evaluate import EVAL_SEED_BASE, Evaluation
 from envs.errors import UserError
 from training.checkpoint import (
     EVAL_FILE,
@@ -33,6 +35,9 @@ from training.validation import candidate_name, comparison, run_evaluations
 
 WANDB_PROJECT = "poa-gym"
 LOG_DIR = "logs"
+# Writes one scenario's final-test files (tables, plots) into a folder and returns the images to
+# log. `poa-gym train` passes `eval.eval_report.write_report`: reports are eval's, above training.
+ReportWriter = Callable[[Evaluation, Path], list[Path]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,7 @@ class TrainRequest:
     final_test: bool = True
     jobs: int = 0  # evaluation processes; 0 = one per core
     command: tuple[str, ...] = ()
+    report: ReportWriter | None = None  # the final test's per-scenario files; None: eval.json only
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +103,7 @@ def train(config: TrainConfig, request: TrainRequest) -> TrainResult:
         validation.validate()  # the end of training is a candidate too
     train_wall_s = time.perf_counter() - start_s
     venv.close()
-    table = final_test(config, out_dir, jobs, run) if request.final_test else {}
+    table = final_test(config, out_dir, jobs, run, request.report) if request.final_test else {}
     knee_score = validation.history[-1]["knee_score"]
     wandb_dir = _finish_wandb(run, validation.best, knee_score) if run is not None else None
     return TrainResult(
@@ -184,11 +190,11 @@ def _callbacks(config: TrainConfig, out_dir: Path, jobs: int) -> tuple[list[Any]
     return [RolloutMetricsCallback(), SnapshotCallback(config, out_dir / LAST_DIR), validation], validation
 
 
-def final_test(config: TrainConfig, out_dir: Path, jobs: int, run: Any) -> dict[str, Any]:
-    """The selected policy, the knee controller and the default on the held-out test seeds."""
-    from eval.eval_report import write_plots, write_results
-    from eval.evaluate import EVAL_SEED_BASE
-
+def final_test(
+    config: TrainConfig, out_dir: Path, jobs: int, run: Any, report: ReportWriter | None = None
+) -> dict[str, Any]:
+    """The selected policy, the knee controller and the default on the held-out test seeds: the
+    comparison goes to `eval.json`, each scenario's files (with `report`) to `eval/SCENARIO/`."""
     if config.eval.num_test_seeds == 0 or not (out_dir / EXPORT_DIR).is_dir():
         return {}
     learned = candidate_name(out_dir)
@@ -196,9 +202,7 @@ def final_test(config: TrainConfig, out_dir: Path, jobs: int, run: Any) -> dict[
     evaluations = run_evaluations(config, policies, config.eval.num_test_seeds, EVAL_SEED_BASE, jobs)
     images = {}
     for scenario, evaluation in evaluations.items():
-        directory = out_dir / "eval" / scenario
-        write_results(evaluation, directory)
-        for path in write_plots(evaluation, directory):
+        for path in report(evaluation, out_dir / "eval" / scenario) if report else ():
             images[f"eval/{scenario}/{path.stem}"] = path
     table = comparison(evaluations, learned)
     (out_dir / EVAL_FILE).write_text(json.dumps({"policy": learned, "scenarios": table}, indent=2) + "\n")

@@ -15,12 +15,15 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from envs.errors import UserError
 from training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from training.train import ReportWriter
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +97,17 @@ def _apply(base: TrainConfig, values: Mapping[str, Any]) -> TrainConfig:
 
 
 def run_tune(
-    base: TrainConfig, grid: Mapping[str, list[Any]], out_dir: Path, address: str | None
+    base: TrainConfig,
+    grid: Mapping[str, list[Any]],
+    out_dir: Path,
+    address: str | None,
+    report: ReportWriter | None = None,
 ) -> list[dict]:
-    """Fit every trial on Ray Tune; the collected rows, also written to OUT/tune.{csv,json}."""
+    """Fit every trial on Ray Tune; the collected rows, also written to OUT/tune.{csv,json}.
+    `report` writes each trial's final-test files, as `TrainRequest.report`."""
     from ray import tune
 
-    from eval.ray_engine import init_ray
+    from training.ray_engine import init_ray
 
     found = trials(base, grid)
     out_dir = out_dir.resolve()
@@ -108,7 +116,7 @@ def run_tune(
     cpus_per_trial = max(t.config.n_envs for t in found)
     started = init_ray(address, min_cpus=cpus_per_trial)
     try:
-        trainable = tune.with_resources(_trainable(by_name, out_dir), {"cpu": cpus_per_trial})
+        trainable = tune.with_resources(_trainable(by_name, out_dir, report), {"cpu": cpus_per_trial})
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(list(by_name))},
@@ -125,12 +133,14 @@ def run_tune(
     return rows
 
 
-def _trainable(by_name: Mapping[str, Trial], out_dir: Path) -> Any:
+def _trainable(by_name: Mapping[str, Trial], out_dir: Path, report: ReportWriter | None) -> Any:
     def train_one(params: dict[str, Any]) -> dict[str, Any]:
         from training.train import TrainRequest, train
 
         trial = by_name[params["trial"]]
-        request = TrainRequest(out_dir=out_dir / trial.name, progress_bar=False, jobs=trial.config.n_envs)
+        request = TrainRequest(
+            out_dir=out_dir / trial.name, progress_bar=False, jobs=trial.config.n_envs, report=report
+        )
         result = train(trial.config, request)
         return {"best_validation": result.best_score, "knee_validation": result.knee_score}
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agents.episodes import EpisodeSetup, PhaseSummary
+from agents.evaluate import Evaluation, evaluate
 from envs.schedules import ScheduleConfig
-from eval.episodes import EpisodeSetup, PhaseSummary
-from eval.evaluate import Evaluation, evaluate
 from training.config import TrainConfig
 
 VALIDATION_SEED_BASE = 900_000

@@ -9,7 +9,6 @@ unpickled: the export is JSON and ONNX.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +21,14 @@ from agents.onnx_policy import POLICY_JSON, OnnxPolicy, find_export_dir
 from envs.errors import UserError
 from envs.observation import HISTORY_FEATURES, ObservationConfig
 from envs.sim.config import RouterConfig
-from envs.sim.knobs import RELEASE_KNOBS, KnobRange, action_to_override, default_knobs, knob_values
+from envs.sim.knobs import (
+    RELEASE_KNOBS,
+    KnobRange,
+    action_to_override,
+    check_knob_value,
+    default_knobs,
+    knob_values,
+)
 
 NAMED = ("knee", "default")
 # Dynamo 1.6.1's own values of its per-request knobs: the safe setting unless told otherwise.
@@ -134,10 +140,7 @@ def parse_knob_values(text: str, field: str) -> dict[str, float]:
                 f"{', '.join(DYNAMO_DEFAULT_KNOBS)}, got {token!r}"
             )
         try:
-            value = float(raw)
+            values[name] = check_knob_value(name, float(raw))
         except ValueError:
-            raise PolicyLoadError(f"{field}: {name} needs a number, got {raw!r}") from None
-        if not math.isfinite(value) or value < 0:
-            raise PolicyLoadError(f"{field}: {name} must be finite and >= 0, got {raw}")
-        values[name] = value
+            raise PolicyLoadError(f"{field}: {name} must be finite and >= 0, got {raw!r}") from None
     return values

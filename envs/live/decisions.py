@@ -1,6 +1,6 @@
 """The knob router's routing decisions, kept for the live environment's PoA-hat.
 
-PoA-hat (`eval.poa`) replays each decision with what the router saw for every candidate worker.
+PoA-hat (`envs.poa`) replays each decision with what the router saw for every candidate worker.
 Only the knob router sees that on a live deployment, so it keeps its recent decisions in a
 bounded log, served as JSON by its control server (`GET /decisions?after=SEQ`); the client joins
 them to its own timings by the request id (`x-request-id`, which Dynamo keeps as the request's

@@ -8,13 +8,26 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from envs.live.knob_router import KnobRouter
+from envs.live.decisions import DecisionLog
+from envs.live.ledger import RoutingLedger
+from envs.live.scoring import WorkerState
 
 
-def control_app(router: KnobRouter, token: str, num_workers: Callable[[], int]) -> Any:
+class ControlledRouter(Protocol):
+    """What the control server reads of the knob router (`envs.live.knob_router.KnobRouter`)."""
+
+    ledger: RoutingLedger
+    decisions: DecisionLog
+
+    async def worker_states(self) -> list[WorkerState]: ...
+
+    @property
+    def worker_type(self) -> str: ...
+
+
+def control_app(router: ControlledRouter, token: str, num_workers: Callable[[], int]) -> Any:
     """The aiohttp app of the control server: knobs, metrics (with the real workers' load),
     decisions, and health with the number of real workers seen."""
     from aiohttp import web

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,29 @@ class Knobs:
         return apply_override(knobs, {"overlap_score_weight": config.overlap_score_weight})
 
 
+def check_knob_value(name: str, value: Any) -> float:
+    """A knob value by Dynamo's rule for an override: a finite number >= 0.
+
+    Raises:
+        ValueError: naming the knob and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return float(value)
+
+
+def check_knob_values(values: Mapping[str, Any], names: Sequence[str]) -> dict[str, float]:
+    """Values for some of `names`, each by `check_knob_value`.
+
+    Raises:
+        ValueError: a name outside `names`, or a value that breaks the rule.
+    """
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown knob(s) {unknown}; known: {', '.join(names)}")
+    return {name: check_knob_value(name, value) for name, value in values.items()}
+
+
 def apply_override(knobs: Knobs, override: Override | None) -> Knobs:
     """Apply a `router_config_override` as Dynamo 1.6.1 does (see the module docstring).
 
@@ -99,14 +123,14 @@ def apply_override(knobs: Knobs, override: Override | None) -> Knobs:
     if unknown:
         raise ValueError(f"router_config_override: unknown field(s) {sorted(unknown)}")
     fields = {k: v for k, v in override.items() if v is not None and k != "overlap_score_weight"}
-    for name in RELEASE_KNOBS["dynamo-1.6"]:
-        value = fields.get(name)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"router_config_override: {name} must be finite and >= 0, got {value}")
+    try:
+        for name in ALL_KNOBS:
+            if override.get(name) is not None:
+                check_knob_value(name, override[name])
+    except ValueError as error:
+        raise ValueError(f"router_config_override: {error}") from None
     weight = override.get("overlap_score_weight")
     if weight is not None:
-        if not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"router_config_override: overlap_score_weight must be >= 0, got {weight}")
         fields[V09_TO_V16_NAMES["overlap_score_weight"]] = weight
         if weight == 0:
             fields["overlap_score_credit"] = 0.0

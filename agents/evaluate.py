@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.episodes import (
+from agents.episodes import (
     EVAL_SEED_BASE,
     EpisodeResult,
     EpisodeSetup,

@@ -31,8 +31,9 @@ def add_parser(commands: Any) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from eval.ray_engine import INSTALL_HINT, ray_missing
+    from eval.eval_report import write_report
     from training.config import load_train_config
+    from training.ray_engine import INSTALL_HINT, ray_missing
     from training.tune import parse_grid, run_tune, trials
 
     if ray_missing():
@@ -44,7 +45,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if busy:
         raise UserError(f"{args.out}: holds trial folder(s) {busy} already; pass another --out")
     console.print(f"{len(names)} trial(s) on Ray Tune -> {args.out}: {', '.join(names)}")
-    rows = run_tune(base, grid, args.out, args.ray_address)
+    rows = run_tune(base, grid, args.out, args.ray_address, write_report)
     table = Table(title=f"{len(rows)} trials (validation reward; test ratios)")
     columns = list(dict.fromkeys(key for row in rows for key in row))
     for column in columns:

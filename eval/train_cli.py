@@ -1,4 +1,5 @@
-"""`poa-gym train`: the command line of `training.train`.
+"""`poa-gym train`: the command line of `training.train` (and `training.rllib_train`); the final
+test's tables and plots are written by `eval.eval_report`.
 
 Heavy imports (torch, stable-baselines3, the simulator) wait until the flags are checked.
 """
@@ -45,6 +46,7 @@ def add_parser(commands: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from eval.eval_report import write_report
     from training.checkpoint import CONFIG_FILE
     from training.config import load_train_config
 
@@ -77,6 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         final_test=not args.no_test,
         jobs=args.jobs,
         command=("poa-gym", *sys.argv[1:]) if sys.argv[1:2] == ["train"] else ("poa-gym", "train"),
+        report=write_report,
     )
     console.print(
         f"training {config.n_timesteps} steps on {config.n_envs} env(s), seed {config.seed} -> {args.out}"
@@ -88,6 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_rllib(args: argparse.Namespace, config: Any) -> int:
+    from eval.eval_report import write_report
     from training.rllib_train import RllibRequest, train_rllib
 
     if args.num_env_runners is not None and args.num_env_runners < 1:
@@ -102,6 +106,7 @@ def _train_rllib(args: argparse.Namespace, config: Any) -> int:
         progress=not args.no_progress,
         wandb=args.wandb,
         wandb_project=args.wandb_project,
+        report=write_report,
     )
     console.print(f"RLlib PPO: {config.n_timesteps} steps, seed {config.seed} -> {args.out}")
     result = train_rllib(config, request)
