@@ -93,7 +93,12 @@ def run_scenario(
 ) -> SimResult:
     """Load what the scenario names (trace, profile) relative to its file, then simulate."""
     inputs = load_inputs(scenario, path)
-    return simulate(scenario, trace_sessions=inputs.trace_sessions, profile=inputs.profile, progress=progress)
+    try:
+        return simulate(
+            scenario, trace_sessions=inputs.trace_sessions, profile=inputs.profile, progress=progress
+        )
+    except ScenarioError as error:  # the simulator cannot name the file it came from
+        raise ScenarioError(f"{path}: {error}") from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

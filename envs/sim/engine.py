@@ -116,7 +116,8 @@ class Engine(Scheduler):
                 self._wakeup = None
             batch, num_prefill_tokens = self._schedule()
             num_decoding = self._num_decoding
-            if self._num_loading and not (batch or num_decoding or self._first_emitters):
+            idle_pass = not (batch or num_decoding or self._first_emitters)
+            if self._num_loading and idle_pass:
                 # All the work waits on KV loads: after one empty pass (which lets a preempted
                 # sequence be readmitted), sleep until a load lands or a request arrives.
                 if stalled:
@@ -126,6 +127,16 @@ class Engine(Scheduler):
                     self._wakeup = None
                     continue
                 stalled = True
+            elif idle_pass and self.waiting:
+                # The head waits for blocks that handed-over sequences hold until their KV
+                # transfer ends (`_check_admissible` stops a head that could never start):
+                # sleep until a release, not spin through empty passes at one instant.
+                self._blocked = True
+                self._wakeup = env.event()
+                yield self._wakeup
+                self._blocked = False
+                self._wakeup = None
+                continue
             else:
                 stalled = False
             duration_ms = self.timing.prefill_ms(num_prefill_tokens) if num_prefill_tokens else 0.0

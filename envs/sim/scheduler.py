@@ -23,6 +23,7 @@ from collections import deque
 
 import simpy
 
+from envs.errors import ScenarioError
 from envs.sim.config import EngineConfig
 from envs.sim.kv_cache import BlockPool
 from envs.sim.kv_tiers import KvTiers
@@ -58,6 +59,7 @@ class Scheduler:
         self._done_due: _Events = {}
         self._first_emitters: list[Sequence] = []
         self._wakeup: simpy.Event | None = None
+        self._blocked = False  # asleep until a release: the queue's head waits for held blocks
         # Lower KV tiers (G2/G3), off unless configured; `_stored` gathers the blocks cached in G1
         # during a pass, written through to G2 when the pass ends (None keeps the hot path bare).
         tiers = config.kv_tiers
@@ -71,6 +73,8 @@ class Scheduler:
         self.pool.release(seq.held, seq.num_private)
         seq.held = []
         seq.num_private = seq.num_blocks = 0
+        if self._blocked and self._wakeup is not None and not self._wakeup.triggered:
+            self._wakeup.succeed()
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -157,6 +161,7 @@ class Scheduler:
                     loading = self._claim_lower_tiers(seq, best_reused)
                     if loading is None:
                         self._defer(seq, queue)
+                        self._check_admissible(seq)
                         break
                     if loading:
                         waiting.popleft()
@@ -165,6 +170,7 @@ class Scheduler:
                 # The prompt's KV arrived by transfer: hold all of it and decode in this pass.
                 if not self._grow(seq, seq.input_tokens + seq.generated):
                     self._defer(seq, queue)
+                    self._check_admissible(seq)
                     break
                 seq.num_computed = seq.prompt_tokens
                 self._register_full_blocks(seq, seq.num_computed)
@@ -176,6 +182,7 @@ class Scheduler:
                 num_new = min(remaining, budget)
                 if (num_new < remaining and not chunked) or not self._grow(seq, seq.num_computed + num_new):
                     self._defer(seq, queue)
+                    self._check_admissible(seq, remaining)
                     break
                 # vLLM v1 caches a block as soon as it is scheduled: a later request in the
                 # same pass already hits it.
@@ -189,6 +196,34 @@ class Scheduler:
             if seq.scheduled_s < 0:
                 seq.scheduled_s = self.env.now
         return num_prefill_tokens
+
+    def _check_admissible(self, seq: Sequence, remaining_tokens: int = 0) -> None:
+        """The queue's head was just deferred. With nothing running, loading or holding blocks
+        here, nothing can change before the next pass, so it never starts: stop with the rule.
+
+        Raises:
+            ScenarioError: the prompt is over the pass budget with chunked prefill off, or its
+                blocks are over the pool.
+        """
+        if self.running or self._num_loading or self._loaded or self.pool.num_active:
+            return
+        engine = "engine" if self.kind == "agg" else f"engine (or topology.{self.kind}_engine)"
+        where = f"{self.kind} worker {self.worker_id}"
+        budget = self.config.max_num_batched_tokens
+        if not self.config.enable_chunked_prefill and remaining_tokens > budget:
+            raise ScenarioError(
+                f"{where}: a {remaining_tokens}-token prompt can never be scheduled: "
+                f"{engine}.enable_chunked_prefill is false and max_num_batched_tokens is {budget}; "
+                "without chunked prefill a prompt must fit one pass (vLLM requires "
+                "max_num_batched_tokens >= max_model_len): raise it or enable chunked prefill"
+            )
+        context_tokens = seq.input_tokens + seq.generated
+        raise ScenarioError(
+            f"{where}: a {context_tokens}-token sequence needs "
+            f"{-(-context_tokens // self.block_size)} KV blocks of {self.block_size} tokens, over "
+            f"{engine}.num_gpu_blocks ({self.config.num_gpu_blocks}): raise num_gpu_blocks or "
+            "shorten the prompts (vLLM refuses a max_model_len its KV cache cannot hold)"
+        )
 
     def _claim_prefix(self, seq: Sequence) -> None:
         """Take the prefix-cache hits of a sequence being admitted."""
