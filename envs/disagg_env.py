@@ -127,8 +127,11 @@ class EnvConfig:
             values["scenarios"] = (data["scenario"],)
         if "schedule" in data:
             values["schedules"] = (data["schedule"],)
-        values["scenarios"] = tuple(values.get("scenarios", cls.scenarios))
-        values["schedules"] = tuple(_schedule(s) for s in values.get("schedules", (ScheduleConfig(),)))
+        # Absent fields take the dataclass defaults (with slots, `cls.scenarios` is a descriptor).
+        if "scenarios" in values:
+            values["scenarios"] = tuple(values["scenarios"])
+        if "schedules" in values:
+            values["schedules"] = tuple(_schedule(s) for s in values["schedules"])
         if values.get("knobs") is not None:
             values["knobs"] = tuple(k if isinstance(k, KnobRange) else KnobRange(*k) for k in values["knobs"])
         if isinstance(values.get("reward"), Mapping):

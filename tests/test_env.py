@@ -63,6 +63,14 @@ def test_plain_dict_and_make_build_the_same_env() -> None:
     assert [k.name for k in from_dict.knobs] == ["overlap_score_weight", "router_temperature"]
 
 
+def test_make_with_no_arguments_builds_the_documented_defaults() -> None:
+    env = gym.make("PoAGym/DisaggRouting-v0")
+    assert env.unwrapped.config == EnvConfig()  # the scenario, schedule and interval the docstring gives
+    observation, info = env.reset(seed=0)
+    assert info["scenario"] == "llama70b-b200-1p5d" and observation.shape == env.observation_space.shape
+    assert EnvConfig.from_dict({}) == EnvConfig() == make_env().config
+
+
 def test_bad_config_names_the_field() -> None:
     with pytest.raises(ValueError, match="unknown field"):
         EnvConfig.from_dict({"scenario": "llama70b-b200-1p2d", "intervals": 3})
