@@ -32,7 +32,7 @@ OBSERVATION_SCHEMA_VERSION = 1
 
 
 class KnobLike(Protocol):
-    """A knob and its range: `envs.knobs.KnobRange`, or the sidecar's own description of one."""
+    """A knob and its range: `envs.sim.knobs.KnobRange`, or the sidecar's own description of one."""
 
     name: str
     low: float
@@ -48,7 +48,7 @@ class Knob:
     high: float
 
     def value(self, action: float) -> float:
-        # envs.knobs.action_to_override's formula, repeated here so the sidecar needs no simulator.
+        # envs.sim.knobs.action_to_override's formula, repeated here so the sidecar needs no simulator.
         clipped = min(max(float(action), -1.0), 1.0)
         return self.low + (clipped + 1.0) / 2.0 * (self.high - self.low)
 

@@ -8,7 +8,7 @@ that every request arriving in the next interval is routed with (Dynamo's per-re
 `router_config_override`).
 
 ## Action space
-`Box(-1, 1, (k,), float32)`: knob i is `low_i + (a_i + 1) / 2 * (high_i - low_i)` (`envs.knobs`).
+`Box(-1, 1, (k,), float32)`: knob i is `low_i + (a_i + 1) / 2 * (high_i - low_i)` (`envs.sim.knobs`).
 Default knobs: `overlap_score_credit` [0, 8], `prefill_load_scale` [0, 8], `router_temperature`
 [0, 1] (Dynamo 1.6.1); for `router_semantics: dynamo-0.9` scenarios, `overlap_score_weight`
 [0, 2] and `router_temperature` [0, 1]. Configurable with `knobs`.

@@ -48,14 +48,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--duration-s and --speedup must be > 0")
     if args.sidecar:
         return _decisions(args)
-    from envs.live.deploy import DeploymentError, dynamo_installed
+    from envs.live.deploy import dynamo_installed
 
     if not dynamo_installed():
         raise UserError("--request-path and --soak run a local Dynamo: run `make dynamo` first")
-    try:
-        return _request_path(args, rates) if args.request_path else _soak(args, rates[0])
-    except DeploymentError as error:
-        raise UserError(str(error)) from None
+    return _request_path(args, rates) if args.request_path else _soak(args, rates[0])
 
 
 def _rates(text: str) -> list[float]:
@@ -69,14 +66,10 @@ def _rates(text: str) -> list[float]:
 
 
 def _decisions(args: argparse.Namespace) -> int:
-    from agents.sidecar.policies import PolicyLoadError
     from eval.bench_sidecar import bench_decisions
 
-    try:
-        with console.status("timing the sidecar's decisions on 400 simulated intervals"):
-            result = bench_decisions(args.policy)
-    except PolicyLoadError as error:
-        raise UserError(str(error)) from None
+    with console.status("timing the sidecar's decisions on 400 simulated intervals"):
+        result = bench_decisions(args.policy)
     if args.json:
         out.print_json(json.dumps(dataclasses.asdict(result)))
         return 0

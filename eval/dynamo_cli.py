@@ -56,7 +56,7 @@ def add_parser(commands: Any) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from envs.live.deploy import DeploymentError, up
+    from envs.live.deploy import up
     from envs.scenarios import load_scenario
 
     if args.speedup <= 0:
@@ -74,7 +74,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             layout=args.layout,
             split_workers=args.split_workers,
         )
-    except (DeploymentError, ValueError) as error:
+    except ValueError as error:  # a DeploymentError is a UserError already
         raise UserError(str(error)) from None
     print(f"frontend  {deployment.frontend_url}  (model {deployment.model_name})")
     if args.layout == "knob-router":
@@ -85,12 +85,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from envs.live.deploy import DeploymentError, status
+    from envs.live.deploy import status
 
-    try:
-        report = status(Path(args.workdir))
-    except DeploymentError as error:
-        raise UserError(str(error)) from None
+    report = status(Path(args.workdir))
     json.dump(report, sys.stdout, indent=1)
     print()
     healthy = all(p["alive"] for p in report["processes"].values()) and report["models"]
@@ -98,11 +95,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from envs.live.deploy import DeploymentError, down
+    from envs.live.deploy import down
 
-    try:
-        stopped = down(Path(args.workdir))
-    except DeploymentError as error:
-        raise UserError(str(error)) from None
+    stopped = down(Path(args.workdir))
     print("stopped " + (", ".join(stopped) if stopped else "nothing (no recorded process was running)"))
     return 0

@@ -88,10 +88,7 @@ def _cmd_fit_report(args: argparse.Namespace) -> int:
     from envs import calibration
     from envs.sim.profile_catalog import H200_FITTED
 
-    try:
-        data = calibration.load_measurements(calibration.find_profiler_data(args.data))
-    except calibration.ProfilerDataMissing as error:
-        raise UserError(str(error)) from None
+    data = calibration.load_measurements(calibration.find_profiler_data(args.data))
     result = calibration.fit(data)
     stored_prefill, stored_decode = calibration.predict(calibration.H200_8B_MEASURED, H200_FITTED, data)
     report = fit_report(data, result)

@@ -1,4 +1,4 @@
-"""Render `poa-gym eval` summaries as the README's side-by-side Markdown table.
+"""Render `poa-gym eval` summaries as eval/RESULTS.md's side-by-side Markdown table.
 
 Usage: python scripts/eval_table.py PHASE DIR [DIR ...]   (PHASE: below, knee, saturated or all)
 Each DIR is an `--out` folder of `poa-gym eval` (it holds summary.json).

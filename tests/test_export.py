@@ -33,7 +33,7 @@ from envs.disagg_env import ENV_ID, DisaggRoutingEnv
 from envs.errors import UserError
 from envs.observation import SCHEMA_VERSION
 from envs.sim.knobs import action_to_override
-from training import export_cli
+from eval import export_cli
 from training.export import (
     export_checkpoint,
     export_policy,

@@ -19,7 +19,7 @@ from training.export import load_checkpoint, parity_max_abs_diff
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 PARITY_TOLERANCE = 1e-5
-# Where the README's table evaluates it: the presets it was trained on, the held-out family, and
+# Where eval/RESULTS.md's table evaluates it: the presets it was trained on, the held-out family, and
 # the paper presets under Dynamo 1.6.1 routing.
 SCENARIOS = (
     ("llama70b-b200-3p3d-multiturn", ()),

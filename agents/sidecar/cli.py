@@ -80,7 +80,7 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
 def build_sidecar(args: argparse.Namespace) -> Any:
     """The sidecar the flags describe, its deployment checked reachable (UserError otherwise)."""
     from agents.sidecar.decider import Decider, DeciderConfig
-    from agents.sidecar.policies import DYNAMO_DEFAULT_KNOBS, PolicyLoadError, load_policy, parse_knob_values
+    from agents.sidecar.policies import DYNAMO_DEFAULT_KNOBS, load_policy, parse_knob_values
     from agents.sidecar.service import Sidecar, SidecarConfig
 
     endpoints = _endpoints(args)
@@ -102,15 +102,14 @@ def build_sidecar(args: argparse.Namespace) -> Any:
             port=args.port,
         )
         decider = Decider(policy, DeciderConfig(safe, args.stale_intervals))
-    except (PolicyLoadError, ValueError, OSError) as error:
+    except (ValueError, OSError) as error:  # PolicyLoadError is both a ValueError and a UserError
         raise UserError(str(error)) from None
     return Sidecar(config, decider, args.policy)
 
 
 def _endpoints(args: argparse.Namespace) -> Any:
     """The deployment's endpoints, checked: the frontend serves the model, the knob router answers."""
-    from envs.live.backend import LiveBackend, LiveConfig, Unreachable
-    from envs.live.deploy import DeploymentError
+    from envs.live.backend import LiveBackend, LiveConfig
 
     explicit = args.frontend_url is not None
     try:
@@ -123,5 +122,5 @@ def _endpoints(args: argparse.Namespace) -> Any:
             speedup=args.speedup,
         )
         return LiveBackend(config).endpoints
-    except (ValueError, OSError, DeploymentError, Unreachable) as error:
+    except (ValueError, OSError) as error:  # DeploymentError and Unreachable are UserErrors
         raise UserError(str(error)) from None
