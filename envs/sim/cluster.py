@@ -22,61 +22,14 @@ import simpy
 
 from envs.sim.config import ScenarioConfig
 from envs.sim.engine import Engine
+from envs.sim.flight import Flight
 from envs.sim.knobs import DECODE_OVERRIDES, Knobs, apply_override, merge_override
-from envs.sim.records import RequestRecord, RouteDecision, Stage
+from envs.sim.records import RequestRecord, Stage
 from envs.sim.router import Router
 from envs.sim.router_classic import EngineMetrics
 from envs.sim.sequence import Sequence
 from envs.sim.timing import TimingModel
 from envs.sim.workload import Session, Turn, prompt_block_hashes, sequence_block_hashes
-
-
-class _Flight:
-    """A request in flight, gathering what its record will say."""
-
-    __slots__ = (
-        "arrival_s",
-        "cached_tokens",
-        "decisions",
-        "decode_worker",
-        "disk_cached_tokens",
-        "done",
-        "first_token_s",
-        "host_cached_tokens",
-        "input_tokens",
-        "knobs",
-        "output_tokens",
-        "prefill_end_s",
-        "prefill_start_s",
-        "prefill_worker",
-        "prompt_hashes",
-        "request_id",
-        "seq_hashes",
-        "session_id",
-        "transfer_end_s",
-        "transfer_start_s",
-        "turn",
-    )
-
-    def __init__(
-        self, request_id: int, session_id: int, turn: int, arrival_s: float, spec: Turn, knobs: Knobs
-    ) -> None:
-        self.request_id = request_id
-        self.session_id = session_id
-        self.turn = turn
-        self.arrival_s = arrival_s
-        self.input_tokens = spec.input_tokens
-        self.output_tokens = spec.output_tokens
-        self.decisions: list[RouteDecision] = []
-        self.knobs = knobs  # in force at arrival; the decode stage is routed with them too
-        self.prefill_worker = self.decode_worker = -1
-        self.prefill_start_s = self.prefill_end_s = self.first_token_s = -1.0
-        self.transfer_start_s = self.transfer_end_s = -1.0
-        self.cached_tokens = self.host_cached_tokens = self.disk_cached_tokens = 0
-        self.prompt_hashes: tuple[int, ...] = ()
-        self.seq_hashes: tuple[int, ...] = ()
-        self.done: simpy.Event | None = None
-
 
 ProgressHook = Callable[[float, int], None]
 
@@ -267,11 +220,11 @@ class Cluster:
 
     # -- request flow -------------------------------------------------------------------------
 
-    def _dispatch(self, session_id: int, turn_index: int, turn: Turn) -> _Flight:
+    def _dispatch(self, session_id: int, turn_index: int, turn: Turn) -> Flight:
         self._num_dispatched += 1
         rid = next(self._request_ids)
         knobs = self._knobs
-        flight = _Flight(rid, session_id, turn_index, self.env.now, turn, knobs)
+        flight = Flight(rid, session_id, turn_index, self.env.now, turn, knobs)
         flight.done = self.env.event()
         bs = self.block_size
         flight.prompt_hashes = prompt_block_hashes(turn.hash_ids, turn.input_tokens, self.block_tokens, bs)
@@ -290,7 +243,7 @@ class Cluster:
         return flight
 
     def _on_first_token(self, seq: Sequence, now_s: float) -> None:
-        flight: _Flight = seq.owner  # type: ignore[assignment]
+        flight: Flight = seq.owner  # type: ignore[assignment]
         engine_kind = self.engines[flight.prefill_worker].kind if flight.decode_worker < 0 else "decode"
         if engine_kind in ("decode", "agg") and flight.first_token_s < 0:
             self._num_first_tokens += 1
@@ -306,7 +259,7 @@ class Cluster:
             flight.first_token_s = now_s
 
     def _on_done(self, seq: Sequence, now_s: float) -> None:
-        flight: _Flight = seq.owner  # type: ignore[assignment]
+        flight: Flight = seq.owner  # type: ignore[assignment]
         if self.decode_router is None:
             flight.decode_worker = flight.prefill_worker
             # Reuse is the best over the request's admissions (a preempted request re-admits).
@@ -321,7 +274,7 @@ class Cluster:
             self.decode_router.free(flight.request_id)
             self._complete(flight, seq, now_s)
 
-    def _hand_off(self, flight: _Flight, prefill_seq: Sequence, now_s: float) -> None:
+    def _hand_off(self, flight: Flight, prefill_seq: Sequence, now_s: float) -> None:
         """Prefill finished: pick a decode worker and move the prompt's KV blocks there."""
         assert self.decode_router is not None
         knobs = self._decode_knobs(flight.knobs)  # from the knobs in force at arrival
@@ -355,7 +308,7 @@ class Cluster:
 
     def _on_transfer(self, decode_seq: Sequence, finished: bool) -> None:
         """The decode worker reserved the request (the transfer starts) or the transfer ended."""
-        flight: _Flight = decode_seq.owner  # type: ignore[assignment]
+        flight: Flight = decode_seq.owner  # type: ignore[assignment]
         if flight.transfer_start_s < 0:
             flight.transfer_start_s = self.env.now
         if finished:
@@ -363,30 +316,10 @@ class Cluster:
             prefill_seq = self._pending_sources.pop(flight.request_id)
             self.engines[flight.prefill_worker].release_at_boundary(prefill_seq)
 
-    def _complete(self, flight: _Flight, seq: Sequence, now_s: float) -> None:
+    def _complete(self, flight: Flight, seq: Sequence, now_s: float) -> None:
         if flight.transfer_start_s < 0:
             flight.transfer_start_s = flight.transfer_end_s = flight.prefill_end_s
-        record = RequestRecord(
-            request_id=flight.request_id,
-            session_id=flight.session_id,
-            turn=flight.turn,
-            arrival_s=flight.arrival_s,
-            input_tokens=flight.input_tokens,
-            output_tokens=flight.output_tokens,
-            cached_tokens=flight.cached_tokens,
-            prefill_worker=flight.prefill_worker,
-            decode_worker=flight.decode_worker,
-            prefill_start_s=flight.prefill_start_s,
-            prefill_end_s=flight.prefill_end_s,
-            transfer_start_s=flight.transfer_start_s,
-            transfer_end_s=flight.transfer_end_s,
-            first_token_s=flight.first_token_s,
-            last_token_s=now_s,
-            num_preemptions=seq.num_preemptions,
-            decisions=tuple(flight.decisions),
-            host_cached_tokens=flight.host_cached_tokens,
-            disk_cached_tokens=flight.disk_cached_tokens,
-        )
+        record = flight.record(seq.num_preemptions, now_s)
         self.records.append(record)
         assert flight.done is not None
         flight.done.succeed()

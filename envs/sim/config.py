@@ -194,6 +194,13 @@ class RouterConfig:
     llm_d_prefix_weight: float = Field(3.0, ge=0, allow_inf_nan=False)
     llm_d_kv_utilization_weight: float = Field(2.0, ge=0, allow_inf_nan=False)
     llm_d_queue_weight: float = Field(2.0, ge=0, allow_inf_nan=False)
+    # Dynamo's router queue (`--router-queue-threshold`, `--router-queue-policy`; lib/kv-router
+    # scheduling/queue.rs): a request waits in the router while every worker of the first stage
+    # has more than threshold x max_num_batched_tokens active prefill tokens (and behind any request
+    # already waiting), and is routed when a prefill finishes or a request leaves. fcfs serves the
+    # oldest first, wspt the fewest uncached prompt tokens first (Smith's rule), lcfs the newest.
+    router_queue_threshold: float | None = Field(None, ge=0, allow_inf_nan=False)
+    router_queue_policy: Literal["fcfs", "wspt", "lcfs"] = "fcfs"
 
     @model_validator(mode="after")
     def _only_v09_knobs(self) -> RouterConfig:

@@ -174,6 +174,9 @@ def kv_router_config_kwargs(router: RouterConfig) -> dict[str, Any]:
     }
     if router.overlap_score_weight is not None:
         kwargs["overlap_score_weight"] = router.overlap_score_weight
+    if router.router_queue_threshold is not None:
+        kwargs["router_queue_threshold"] = router.router_queue_threshold
+        kwargs["router_queue_policy"] = router.router_queue_policy
     return kwargs
 
 
