@@ -97,9 +97,10 @@ def _case(
 
 
 def default_grid() -> list[ScenarioConfig]:
-    """27 cases: agg and disagg (1P/1D, 1P/2D, 2P/4D, 1P/5D), round-robin and KV routing,
+    """31 cases: agg and disagg (1P/1D, 1P/2D, 2P/4D, 1P/5D), round-robin and KV routing,
     several knob settings, loads below and above saturation, single- and multi-turn sharing,
-    chunked prefill of prompts longer than the token budget, and KV pressure with preemption."""
+    chunked prefill of prompts longer than the token budget, KV pressure with preemption, and
+    Dynamo's router queue (fcfs and wspt)."""
     link = KvTransferConfig(bandwidth_gbps=64.0)
     agg4 = TopologyConfig(mode="agg", num_workers=4)
     agg2 = TopologyConfig(mode="agg", num_workers=2)
@@ -127,6 +128,10 @@ def default_grid() -> list[ScenarioConfig]:
         return shared(rate, n, turns_per_session=3, inter_turn_delay_s=0.5, isl_tokens=1024, **kw)
 
     closed = {"arrival": "closed_loop", "rate_rps": 1.0}
+
+    def queue(threshold: float, policy: str) -> RouterConfig:
+        return RouterConfig(router_queue_threshold=threshold, router_queue_policy=policy)
+
     return [
         _case("agg4-rr-low", agg4, shared(8), rr),
         _case("agg4-rr-high", agg4, shared(30), rr),
@@ -163,12 +168,17 @@ def default_grid() -> list[ScenarioConfig]:
         _case("1p5d-kv-low", d15, shared(10), kv),
         _case("1p5d-kv-closed96", d15, shared(1, **closed, concurrency=96), kv),
         _case("1p5d-kv-closed160", d15, shared(1, **closed, concurrency=160), kv),
+        # Dynamo's router queue: at threshold 0 a worker with any prefill booked is busy.
+        _case("agg4-kv-queue0-high", agg4, shared(30), RouterConfig(router_queue_threshold=0.0)),
+        _case("1p2d-kv-queue0", d12, shared(25), RouterConfig(router_queue_threshold=0.0)),
+        _case("1p2d-kv-queue0-wspt", d12, shared(25), queue(0.0, "wspt")),
+        _case("1p5d-kv-closed160-wspt", d15, shared(1, **closed, concurrency=160), queue(0.5, "wspt")),
     ]
 
 
 def smoke_grid() -> list[ScenarioConfig]:
     """A few small cases for the test suite."""
-    pick = {"agg4-rr-high", "agg4-kv-high", "1p2d-kv-high", "agg2-kv-multiturn"}
+    pick = {"agg4-rr-high", "agg4-kv-high", "1p2d-kv-high", "agg2-kv-multiturn", "1p5d-kv-closed160-wspt"}
     cases = [c for c in default_grid() if c.name in pick]
     return [dataclasses.replace(c, workload=dataclasses.replace(c.workload, num_requests=300)) for c in cases]
 

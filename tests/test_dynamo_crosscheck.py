@@ -45,3 +45,16 @@ def test_round_robin_single_worker_is_exact() -> None:
     for metric in ("ttft_mean", "itl_mean", "e2e_mean", "throughput"):
         assert abs(result.errors[metric]) < 1e-3, (metric, result.errors[metric])
     assert abs(result.errors["prefix_reuse"]) < 1e-9
+
+
+def test_the_router_queue_reorders_as_dynamos_does() -> None:
+    """wspt on a saturated 1P/5D: Smith's rule cuts the median TTFT several-fold in both
+    simulators (so a simulator ignoring the queue fails), and they agree on it within 10%."""
+    import dataclasses
+
+    case = next(c for c in smoke_grid() if c.name == "1p5d-kv-closed160-wspt")
+    plain = dataclasses.replace(case, router=dataclasses.replace(case.router, router_queue_threshold=None))
+    queued, unqueued = run_case(case, time.perf_counter), run_case(plain, time.perf_counter)
+    assert abs(queued.errors["ttft_p50"]) <= 0.10, queued.errors
+    for result in (queued.ours, queued.dynamo):
+        assert result.ttft_p50_s * 3 < unqueued.ours.ttft_p50_s, (result, unqueued.ours)

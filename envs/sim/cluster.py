@@ -25,8 +25,9 @@ from envs.sim.engine import Engine
 from envs.sim.flight import Flight
 from envs.sim.knobs import DECODE_OVERRIDES, Knobs, apply_override, merge_override
 from envs.sim.records import RequestRecord, Stage
-from envs.sim.router import Router
+from envs.sim.router import Router, WorkerLoad
 from envs.sim.router_classic import EngineMetrics
+from envs.sim.router_queue import RouterQueue
 from envs.sim.sequence import Sequence
 from envs.sim.timing import TimingModel
 from envs.sim.workload import Session, Turn, prompt_block_hashes, sequence_block_hashes
@@ -60,6 +61,7 @@ class Cluster:
         self._decode_knobs_value = self._knobs
         self._build_workers(timing)
         self._build_routers(routing_rng)
+        self._queue = self._build_queue()
         if any(engine.tiers is not None for engine in self.engines):
             self.router.set_tier_overlap(self._tier_overlap)
 
@@ -115,6 +117,14 @@ class Cluster:
         for router in (self.router, self.decode_router):
             router.set_engine_metrics(self._engine_metrics)
 
+    def _build_queue(self) -> RouterQueue[Flight] | None:
+        """Dynamo's router queue in front of the first routing stage, if the router has one."""
+        config = self.scenario.router
+        if config.router_queue_threshold is None:
+            return None
+        budgets = [self.engines[w].config.max_num_batched_tokens for w in self.router.workers]
+        return RouterQueue(config.router_queue_threshold, config.router_queue_policy, budgets)
+
     def _engine_metrics(self, worker: int) -> EngineMetrics:
         # What llm-d scrapes from vLLM: waiting requests and the fraction of KV blocks in use.
         engine = self.engines[worker]
@@ -158,6 +168,11 @@ class Cluster:
     def num_decode_tokens(self) -> int:
         """Tokens emitted by decode passes so far, on every engine: work done, counted live."""
         return sum(engine.stats.num_decode_tokens for engine in self.engines)
+
+    @property
+    def router_queue(self) -> RouterQueue[Flight] | None:
+        """Dynamo's router queue in front of the first stage (None without a threshold)."""
+        return self._queue
 
     @property
     def num_awaiting_first_token(self) -> int:
@@ -231,16 +246,45 @@ class Cluster:
         flight.seq_hashes = sequence_block_hashes(
             flight.prompt_hashes, turn.input_tokens, turn.output_tokens, bs, rid
         )
-        decision = self.router.route(rid, turn.input_tokens, flight.prompt_hashes, knobs, self.env.now)
+        queue = self._queue
+        if queue is not None and queue.should_queue(self._first_stage_loads()):
+            queue.push(
+                flight, flight.arrival_s, self._uncached_tokens(flight) if queue.policy == "wspt" else 0
+            )
+        else:
+            self._route_first_stage(flight)
+        return flight
+
+    def _route_first_stage(self, flight: Flight) -> None:
+        """Route a request to its (prefill or aggregated) worker with the knobs of its arrival."""
+        rid, now_s = flight.request_id, self.env.now
+        decision = self.router.route(rid, flight.input_tokens, flight.prompt_hashes, flight.knobs, now_s)
         flight.decisions.append(decision)
         flight.prefill_worker = decision.chosen
         disagg = self.decode_router is not None
-        target = 1 if disagg else turn.output_tokens
-        hashes = flight.prompt_hashes if disagg else flight.seq_hashes
-        seq = Sequence(rid, turn.input_tokens, target, hashes)
+        target = 1 if disagg else flight.output_tokens
+        seq = Sequence(
+            rid, flight.input_tokens, target, flight.prompt_hashes if disagg else flight.seq_hashes
+        )
         seq.owner = flight
         self.engines[decision.chosen].submit(seq)
-        return flight
+
+    def _first_stage_loads(self) -> list[WorkerLoad]:
+        return [self.router.loads[w] for w in self.router.workers]
+
+    def _uncached_tokens(self, flight: Flight) -> int:
+        """The prompt less its best cached prefix over the stage's workers (the queue's key)."""
+        num_full = flight.input_tokens // self.block_size
+        best = max(self._overlap(w, flight.prompt_hashes, num_full) for w in self.router.workers)
+        return flight.input_tokens - best * self.block_size
+
+    def _drain_queue(self) -> None:
+        """A prefill finished or a request left: route waiting requests while a worker has room."""
+        queue = self._queue
+        if queue is None:
+            return
+        while (flight := queue.pop_ready(self._first_stage_loads())) is not None:
+            self._route_first_stage(flight)
 
     def _on_first_token(self, seq: Sequence, now_s: float) -> None:
         flight: Flight = seq.owner  # type: ignore[assignment]
@@ -255,6 +299,7 @@ class Cluster:
         flight.cached_tokens = seq.reused_tokens
         flight.host_cached_tokens, flight.disk_cached_tokens = seq.host_hit_tokens, seq.disk_hit_tokens
         self.router.prefill_done(flight.request_id)
+        self._drain_queue()
         if engine_kind == "agg":
             flight.first_token_s = now_s
 
@@ -266,9 +311,11 @@ class Cluster:
             flight.cached_tokens = seq.reused_tokens
             flight.host_cached_tokens, flight.disk_cached_tokens = seq.host_hit_tokens, seq.disk_hit_tokens
             self.router.free(flight.request_id)
+            self._drain_queue()
             self._complete(flight, seq, now_s)
         elif flight.decode_worker < 0:
             self.router.free(flight.request_id)
+            self._drain_queue()
             self._hand_off(flight, seq, now_s)
         else:
             self.decode_router.free(flight.request_id)
