@@ -15,6 +15,8 @@ from envs.sim.config import (
     EngineConfig,
     KvTransferConfig,
     RouterConfig,
+    ScaleStep,
+    ScalingConfig,
     ScenarioConfig,
     TopologyConfig,
     WorkloadConfig,
@@ -97,10 +99,10 @@ def _case(
 
 
 def default_grid() -> list[ScenarioConfig]:
-    """31 cases: agg and disagg (1P/1D, 1P/2D, 2P/4D, 1P/5D), round-robin and KV routing,
+    """33 cases: agg and disagg (1P/1D, 1P/2D, 2P/4D, 1P/5D), round-robin and KV routing,
     several knob settings, loads below and above saturation, single- and multi-turn sharing,
     chunked prefill of prompts longer than the token budget, KV pressure with preemption, and
-    Dynamo's router queue (fcfs and wspt)."""
+    Dynamo's router queue (fcfs and wspt), and scripted P/D moves with start-up delays."""
     link = KvTransferConfig(bandwidth_gbps=64.0)
     agg4 = TopologyConfig(mode="agg", num_workers=4)
     agg2 = TopologyConfig(mode="agg", num_workers=2)
@@ -128,6 +130,10 @@ def default_grid() -> list[ScenarioConfig]:
         return shared(rate, n, turns_per_session=3, inter_turn_delay_s=0.5, isl_tokens=1024, **kw)
 
     closed = {"arrival": "closed_loop", "rate_rps": 1.0}
+
+    def moves(startup_s: float, *steps: tuple[float, int, int]) -> ScalingConfig:
+        schedule = tuple(ScaleStep(at_s=at, num_prefill=p, num_decode=d) for at, p, d in steps)
+        return ScalingConfig(startup_s=startup_s, max_workers=6, schedule=schedule)
 
     def queue(threshold: float, policy: str) -> RouterConfig:
         return RouterConfig(router_queue_threshold=threshold, router_queue_policy=policy)
@@ -173,14 +179,36 @@ def default_grid() -> list[ScenarioConfig]:
         _case("1p2d-kv-queue0", d12, shared(25), RouterConfig(router_queue_threshold=0.0)),
         _case("1p2d-kv-queue0-wspt", d12, shared(25), queue(0.0, "wspt")),
         _case("1p5d-kv-closed160-wspt", d15, shared(1, **closed, concurrency=160), queue(0.5, "wspt")),
+        # P/D moves through the replay's scaling hook: a scripted schedule, with start-up delays.
+        _case("1p2d-kv-pd-moves", d12, shared(25), kv, scaling=moves(3.0, (5, 2, 1), (15, 1, 2))),
+        _case(
+            "1p5d-closed160-pd-moves",
+            d15,
+            shared(1, n=2000, **closed, concurrency=160),
+            kv,
+            scaling=moves(5.0, (10, 2, 4), (20, 3, 3)),
+        ),
     ]
 
 
 def smoke_grid() -> list[ScenarioConfig]:
     """A few small cases for the test suite."""
-    pick = {"agg4-rr-high", "agg4-kv-high", "1p2d-kv-high", "agg2-kv-multiturn", "1p5d-kv-closed160-wspt"}
+    pick = {
+        "agg4-rr-high",
+        "agg4-kv-high",
+        "1p2d-kv-high",
+        "agg2-kv-multiturn",
+        "1p5d-kv-closed160-wspt",
+        "1p5d-closed160-pd-moves",
+    }
     cases = [c for c in default_grid() if c.name in pick]
-    return [dataclasses.replace(c, workload=dataclasses.replace(c.workload, num_requests=300)) for c in cases]
+    # 300 requests each, but the P/D moves' case, whose moves come 10 and 20 s in.
+    return [
+        c
+        if c.scaling.schedule
+        else dataclasses.replace(c, workload=dataclasses.replace(c.workload, num_requests=300))
+        for c in cases
+    ]
 
 
 GRIDS: dict[str, Callable[[], list[ScenarioConfig]]] = {"default": default_grid, "smoke": smoke_grid}

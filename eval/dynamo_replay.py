@@ -81,7 +81,10 @@ def _engine_args(engine: EngineConfig, scenario: ScenarioConfig, worker_type: st
         # The replay charges the transfer on the prefill side (full prompt).
         args["kv_transfer_bandwidth"] = link.bandwidth_gbps
         args["kv_transfer_bytes_per_token"] = round(scenario.model.kv_bytes_per_token)
-    return {"engine": args}
+    wrapped: dict[str, Any] = {"engine": args}
+    if scenario.scaling.startup_s > 0:
+        wrapped["startup_time"] = scenario.scaling.startup_s  # the mocker's --startup-time (s)
+    return wrapped
 
 
 def _router_config(scenario: ScenarioConfig, kv_router_config_cls: Any) -> Any:
@@ -100,9 +103,12 @@ def check_replayable(scenario: ScenarioConfig) -> None:
         raise DynamoUnavailable("dynamo.replay has no fixed KV-transfer latency")
 
 
-def run_replay(scenario: ScenarioConfig, sessions: Sequence[Session], block_tokens: int) -> ReplaySummary:
+def run_replay(
+    scenario: ScenarioConfig, sessions: Sequence[Session], block_tokens: int, scaling_policy: Any = None
+) -> ReplaySummary:
     """Replay `sessions` (open loop at their start times, or closed loop at the scenario's
-    concurrency) through Dynamo's replay with the scenario's deployment."""
+    concurrency) through Dynamo's replay with the scenario's deployment; P/D moves come from
+    `scaling_policy` (the replay's hook object) or else the scenario's `scaling.schedule`."""
     check_replayable(scenario)
     run_trace_replay, kv_router_config_cls = _import_replay()
     topo = scenario.topology
@@ -128,8 +134,46 @@ def run_replay(scenario: ScenarioConfig, sessions: Sequence[Session], block_toke
     with tempfile.TemporaryDirectory(prefix="poa-gym-replay-") as tmp:
         trace = Path(tmp) / "trace.jsonl"
         write_mooncake(mooncake_rows(sessions, block_tokens), trace)
-        report = run_trace_replay(str(trace), **kwargs)
+        if scaling_policy is None and scenario.scaling.schedule:
+            from envs.sim.scaling import ScheduledScaling
+            from eval.replay_scaling import ReplayScalingBridge
+
+            scaling_policy = ReplayScalingBridge(ScheduledScaling(scenario.scaling.schedule))
+        if scaling_policy is None:
+            report = run_trace_replay(str(trace), **kwargs)
+        else:
+            report = _run_with_scaling(str(trace), kwargs, scaling_policy)
     return _summary(dict(report.summary))
+
+
+def _run_with_scaling(trace: str, kwargs: dict[str, Any], scaling_policy: Any) -> Any:
+    """`run_trace_replay` with a scaling hook of ours: the public API takes only a Planner
+    config, so this calls the native entry it wraps with the same defaults."""
+    from dynamo._core import run_mocker_trace_replay
+    from dynamo.replay.api import _materialize_offline_report
+
+    defaults: dict[str, Any] = dict.fromkeys(
+        (
+            "extra_engine_args", "prefill_engine_args", "decode_engine_args", "router_config",
+            "ais_perf_config", "replay_concurrency", "agentic_lanes", "report_jsonl_path",
+            "max_sim_time_ms", "model_name", "execution_model", "weka_nested_timestamp_basis",
+            "sla_ttft_ms", "sla_itl_ms", "sla_e2e_ms", "kv_event_lag_ms",
+        )
+    )  # fmt: skip
+    defaults.update(
+        num_workers=1,
+        num_prefill_workers=1,
+        num_decode_workers=1,
+        replay_mode="offline",
+        arrival_speedup_ratio=1.0,
+        trace_format="mooncake",
+        trace_shared_prefix_ratio=0.0,
+        trace_num_prefix_groups=0,
+        capture_per_request=False,
+        capture_planner_details=False,
+    )
+    native = run_mocker_trace_replay([trace], **{**defaults, **kwargs}, scaling_policy=scaling_policy)
+    return _materialize_offline_report(native, planner=None, execution_model=None)
 
 
 def _summary(summary: dict[str, Any]) -> ReplaySummary:

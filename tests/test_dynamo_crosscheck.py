@@ -58,3 +58,16 @@ def test_the_router_queue_reorders_as_dynamos_does() -> None:
     assert abs(queued.errors["ttft_p50"]) <= 0.10, queued.errors
     for result in (queued.ours, queued.dynamo):
         assert result.ttft_p50_s * 3 < unqueued.ours.ttft_p50_s, (result, unqueued.ours)
+
+
+def test_pd_moves_cut_ttft_as_in_dynamos_replay() -> None:
+    """1P/5D saturated at 160 clients moves to 2P/4D at 10 s and 3P/3D at 20 s (5-s start-ups):
+    mean TTFT falls by more than half in both simulators, and they agree within 5%."""
+    import dataclasses
+
+    case = next(c for c in smoke_grid() if c.name == "1p5d-closed160-pd-moves")
+    fixed = dataclasses.replace(case, scaling=dataclasses.replace(case.scaling, schedule=()))
+    moved, unmoved = run_case(case, time.perf_counter), run_case(fixed, time.perf_counter)
+    assert abs(moved.errors["ttft_mean"]) <= 0.05 and abs(moved.errors["throughput"]) <= 0.05
+    for result, before in ((moved.ours, unmoved.ours), (moved.dynamo, unmoved.dynamo)):
+        assert result.ttft_mean_s < 0.5 * before.ttft_mean_s, (result, before)

@@ -22,10 +22,10 @@ def loads(*prefill_tokens: int) -> list[WorkerLoad]:
 
 
 def test_a_worker_is_busy_past_threshold_times_its_token_budget():
-    queue: RouterQueue[str] = RouterQueue(0.5, "fcfs", [1000, 2000])  # limits 500 and 1000
+    queue: RouterQueue[str] = RouterQueue(0.5, "fcfs", 1000)  # busy past 500 tokens
     assert not queue.all_busy(loads(500, 1001))  # 500 is not > 500
     assert queue.all_busy(loads(501, 1001))
-    assert not queue.all_busy(loads(501, 1000))
+    assert not queue.all_busy(loads(501, 400))
     assert not queue.should_queue(loads(0, 0))
     queue.push("a", 0.0, 10)
     assert queue.should_queue(loads(0, 0))  # a backlog: no request jumps it
@@ -42,7 +42,7 @@ def test_a_worker_is_busy_past_threshold_times_its_token_budget():
     ],
 )
 def test_each_policy_orders_by_its_score(policy, expected):
-    queue: RouterQueue[str] = RouterQueue(0.0, policy, [100])
+    queue: RouterQueue[str] = RouterQueue(0.0, policy, 100)
     for name, arrival_s, uncached in [
         ("early", 0.0, 500),
         ("mid-long", 1.0, 900),
@@ -54,7 +54,7 @@ def test_each_policy_orders_by_its_score(policy, expected):
 
 
 def test_wspt_treats_a_fully_cached_prompt_as_one_token():
-    queue: RouterQueue[str] = RouterQueue(0.0, "wspt", [100])
+    queue: RouterQueue[str] = RouterQueue(0.0, "wspt", 100)
     queue.push("one", 0.0, 1)
     queue.push("cached", 1.0, 0)  # max(1, 0) = 1: ties with "one", which was enqueued first
     assert [queue.pop_ready(loads(0)), queue.pop_ready(loads(0))] == ["one", "cached"]

@@ -28,6 +28,7 @@ from envs.sim.records import RequestRecord, Stage
 from envs.sim.router import Router, WorkerLoad
 from envs.sim.router_classic import EngineMetrics
 from envs.sim.router_queue import RouterQueue
+from envs.sim.scaling import Scaler
 from envs.sim.sequence import Sequence
 from envs.sim.timing import TimingModel
 from envs.sim.workload import Session, Turn, prompt_block_hashes, sequence_block_hashes
@@ -62,6 +63,7 @@ class Cluster:
         self._build_workers(timing)
         self._build_routers(routing_rng)
         self._queue = self._build_queue()
+        self.scaler = Scaler(self, scenario.scaling)
         if any(engine.tiers is not None for engine in self.engines):
             self.router.set_tier_overlap(self._tier_overlap)
 
@@ -73,23 +75,37 @@ class Cluster:
             kinds = ["agg"] * topo.num_workers
         else:
             kinds = ["prefill"] * topo.num_prefill_workers + ["decode"] * topo.num_decode_workers
-        self.engines = [
-            Engine(
-                self.env,
-                wid,
-                kind,
-                self.scenario.engine_for(kind),
-                timing,
-                self._on_first_token,
-                self._on_done,
-                self.scenario.model.kv_bytes_per_token,
-            )
-            for wid, kind in enumerate(kinds)
-        ]
-        self._pools = [engine.pool for engine in self.engines]  # by worker id, for the routers
+        self._timing = timing
+        self.engines: list[Engine] = []
+        self._pools: list = []  # block pools by worker id, for the routers
+        for kind in kinds:
+            self.add_engine(kind)
         self.block_size = self.engines[0].block_size
         if any(engine.block_size != self.block_size for engine in self.engines):
             raise ValueError("all workers of a deployment must use the same block_size")
+
+    def add_engine(self, kind: str) -> Engine:
+        """A new worker of `kind` with the next id; routers learn of it separately (`Scaler`)."""
+        engine = Engine(
+            self.env,
+            len(self.engines),
+            kind,
+            self.scenario.engine_for(kind),
+            self._timing,
+            self._on_first_token,
+            self._on_done,
+            self.scenario.model.kv_bytes_per_token,
+        )
+        self.engines.append(engine)
+        self._pools.append(engine.pool)
+        return engine
+
+    def stage_router(self, kind: str) -> Router:
+        """The router whose candidates are the workers of `kind`."""
+        if kind == "decode":
+            assert self.decode_router is not None
+            return self.decode_router
+        return self.router
 
     def _build_routers(self, rng: np.random.Generator) -> None:
         config = self.scenario.router
@@ -122,8 +138,9 @@ class Cluster:
         config = self.scenario.router
         if config.router_queue_threshold is None:
             return None
-        budgets = [self.engines[w].config.max_num_batched_tokens for w in self.router.workers]
-        return RouterQueue(config.router_queue_threshold, config.router_queue_policy, budgets)
+        kind = "agg" if self.decode_router is None else "prefill"
+        budget = self.scenario.engine_for(kind).max_num_batched_tokens
+        return RouterQueue(config.router_queue_threshold, config.router_queue_policy, budget)
 
     def _engine_metrics(self, worker: int) -> EngineMetrics:
         # What llm-d scrapes from vLLM: waiting requests and the fraction of KV blocks in use.
@@ -158,6 +175,11 @@ class Cluster:
     @property
     def now_s(self) -> float:
         return self.env.now
+
+    @property
+    def num_dispatched(self) -> int:
+        """Requests sent so far (router-queued ones included)."""
+        return self._num_dispatched
 
     @property
     def num_in_flight(self) -> int:
@@ -362,6 +384,7 @@ class Cluster:
             flight.transfer_end_s = self.env.now
             prefill_seq = self._pending_sources.pop(flight.request_id)
             self.engines[flight.prefill_worker].release_at_boundary(prefill_seq)
+            self.scaler.check_retired(flight.prefill_worker)
 
     def _complete(self, flight: Flight, seq: Sequence, now_s: float) -> None:
         if flight.transfer_start_s < 0:

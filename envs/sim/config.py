@@ -240,6 +240,38 @@ class TopologyConfig:
 
 
 @dataclass(config=_STRICT)
+class ScaleStep:
+    """At `at_s`, scale the pools to these sizes (None: unchanged; aggregated: `num_decode`)."""
+
+    at_s: float = Field(ge=0, allow_inf_nan=False)
+    num_prefill: int | None = Field(None, gt=0)
+    num_decode: int | None = Field(None, gt=0)
+
+
+@dataclass(config=_STRICT)
+class ScalingConfig:
+    """Moving workers between pools while the deployment runs (Dynamo's Planner, or an agent).
+
+    A scale-up starts a new worker, which serves after `startup_s` (the mocker's
+    `--startup-time`); a scale-down drains the highest-numbered worker of the pool: it takes no
+    new request and leaves once its requests are done, as in Dynamo's replay. `max_workers` is
+    the budget of prefill plus decode workers (aggregated: workers) that no target may exceed.
+    `schedule` scripts moves at fixed times (`envs.sim.scaling.ScheduledScaling`).
+    """
+
+    startup_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    max_workers: int | None = Field(None, gt=0)
+    schedule: tuple[ScaleStep, ...] = ()  # scripted moves, in at_s order
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScalingConfig:
+        starts = [step.at_s for step in self.schedule]
+        if starts != sorted(starts):
+            raise ValueError("scaling.schedule steps must be in increasing at_s order")
+        return self
+
+
+@dataclass(config=_STRICT)
 class LoadStep:
     """From `at_s` on, the load is `value` (concurrency for closed loop, requests/s otherwise)."""
 
@@ -305,6 +337,7 @@ class ScenarioConfig:
     timing: TimingConfig = TimingConfig()
     router: RouterConfig = RouterConfig()
     workload: WorkloadConfig = WorkloadConfig()
+    scaling: ScalingConfig = ScalingConfig()
 
     @model_validator(mode="after")
     def _has_end(self) -> ScenarioConfig:
@@ -314,6 +347,14 @@ class ScenarioConfig:
             and self.workload.arrival != "trace"
         ):
             raise ValueError("set duration_s or workload.num_requests, or the run never ends")
+        budget, topology = self.scaling.max_workers, self.topology
+        initial = (
+            topology.num_workers
+            if topology.mode == "agg"
+            else topology.num_prefill_workers + topology.num_decode_workers
+        )
+        if budget is not None and initial > budget:
+            raise ValueError(f"scaling.max_workers ({budget}) is below the topology's {initial} workers")
         return self
 
     def engine_for(self, kind: str) -> EngineConfig:

@@ -55,11 +55,28 @@ class Engine(Scheduler):
         self._pending_release: list[Sequence] = []
         self._capacity_tokens = config.num_gpu_blocks * config.block_size
         self._hold_after_done = kind == "prefill"
+        # The last pass, as the mocker's ForwardPassMetrics report it: (prefill requests, prefill
+        # tokens, decoding requests, their KV tokens, the pass's wall time in seconds).
+        self.last_pass: tuple[int, int, int, int, float] = (0, 0, 0, 0, 0.0)
+        self.on_idle: Callable[[Engine], None] | None = None  # a draining worker waits for it
         env.process(self._loop())
 
     @property
     def num_active_requests(self) -> int:
         return len(self.waiting) + len(self.running)
+
+    @property
+    def is_idle(self) -> bool:
+        """Nothing runs, waits, arrives or holds a block here: a draining worker may leave."""
+        return not (
+            self.running
+            or self.waiting
+            or self._loaded
+            or self._num_loading
+            or self._incoming
+            or self._pending_release
+            or self.pool.num_active
+        )
 
     # -- requests in and out ------------------------------------------------------------------
 
@@ -111,6 +128,8 @@ class Engine(Scheduler):
             if self._incoming or self._pending_release:
                 self._at_boundary()
             if not self.running and not self.waiting and not self._loaded:
+                if self.on_idle is not None:
+                    self.on_idle(self)
                 self._wakeup = env.event()
                 yield self._wakeup
                 self._wakeup = None
@@ -140,12 +159,14 @@ class Engine(Scheduler):
             else:
                 stalled = False
             duration_ms = self.timing.prefill_ms(num_prefill_tokens) if num_prefill_tokens else 0.0
+            kv_tokens = 0
             if num_decoding:
                 kv_tokens = self._decode_base_sum + num_decoding * self._tick
                 duration_ms += self.timing.decode_ms(
                     kv_tokens, self._capacity_tokens, kv_tokens / num_decoding
                 )
             duration_s = duration_ms / 1000.0
+            self.last_pass = (len(batch), num_prefill_tokens, num_decoding, kv_tokens, duration_s)
             start_s = env.now
             self._in_pass = True
             yield env.timeout(duration_s)

@@ -239,6 +239,21 @@ class Router:
             knobs.router_temperature,
         )
 
+    def add_worker(self, worker: int) -> None:
+        """A worker joins the stage (a scale-up finished starting): it is a candidate from now on."""
+        self.workers.append(worker)
+        self.loads.setdefault(worker, WorkerLoad())
+        self._candidates = tuple(self.workers)
+        self._classic.add_worker()
+
+    def remove_worker(self, worker: int) -> None:
+        """A worker leaves the stage (it drains): no new request goes there; what it holds stays
+        booked until it finishes, as Dynamo frees a departed worker's requests."""
+        index = self.workers.index(worker)
+        del self.workers[index]
+        self._candidates = tuple(self.workers)
+        self._classic.remove_worker(index)
+
     def set_engine_metrics(self, oracle: EngineMetricsOracle) -> None:
         """Give the `llm_d` mode the engines' waiting queues and KV usage (see `ClassicRouting`)."""
         self._classic.set_engine_metrics(oracle)

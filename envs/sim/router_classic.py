@@ -167,6 +167,16 @@ class ClassicRouting:
         worker: what llm-d gives endpoints with no metrics), leaving it no say in the pick."""
         self._metrics = oracle
 
+    def add_worker(self) -> None:
+        """The router's worker list grew by one at its end (the list is shared with `Router`)."""
+        if self._trees is not None:
+            self._trees.append(set())
+
+    def remove_worker(self, index: int) -> None:
+        """The worker at `index` left the shared worker list."""
+        if self._trees is not None:
+            del self._trees[index]
+
     def tree_blocks(self, index: int) -> int:
         """Distinct prompt blocks routed to the worker at `index` (0 when no tree is kept)."""
         return len(self._trees[index]) if self._trees is not None else 0

@@ -29,11 +29,12 @@ Payload = TypeVar("Payload")
 class RouterQueue(Generic[Payload]):
     """The pending requests of one routing stage, and the busy rule that gates them."""
 
-    def __init__(self, threshold_frac: float, policy: QueuePolicy, max_batched_tokens: Sequence[int]) -> None:
+    def __init__(self, threshold_frac: float, policy: QueuePolicy, max_batched_tokens: int) -> None:
         if threshold_frac < 0:
             raise ValueError(f"router_queue_threshold must be >= 0, got {threshold_frac}")
         self.policy = policy
-        self._limits = [threshold_frac * tokens for tokens in max_batched_tokens]
+        # Every worker of a stage runs the stage's engine config: one budget for all.
+        self._limit = threshold_frac * max_batched_tokens
         self._heap: list[tuple[float, int, Payload]] = []
         self._num_enqueued = 0
         self.num_queued_total = 0
@@ -42,9 +43,9 @@ class RouterQueue(Generic[Payload]):
         return len(self._heap)
 
     def all_busy(self, loads: Sequence[WorkerLoad]) -> bool:
-        return all(
-            load.active_prefill_tokens > limit for load, limit in zip(loads, self._limits, strict=True)
-        )
+        # No worker at all is not "all busy": the request goes on to fail to route (Dynamo's rule).
+        limit = self._limit
+        return bool(loads) and all(load.active_prefill_tokens > limit for load in loads)
 
     def should_queue(self, loads: Sequence[WorkerLoad]) -> bool:
         return bool(self._heap) or self.all_busy(loads)

@@ -12,6 +12,7 @@ from envs.sim.cluster import Cluster, ProgressHook
 from envs.sim.config import ScenarioConfig
 from envs.sim.profile_arrays import ProfileArrays
 from envs.sim.records import RequestRecord
+from envs.sim.scaling import ScheduledScaling
 from envs.sim.sequence import EngineStats
 from envs.sim.timing import make_timing
 from envs.sim.workload import Session, SyntheticSessions, load_at, open_loop_starts
@@ -68,6 +69,8 @@ def build_cluster(
         cluster.start_closed_loop(lambda t: round(load_at(steps, base, t)), [s.at_s for s in steps])
     else:
         cluster.start_open_loop(open_loop_starts(workload, streams["arrivals"]))
+    if scenario.scaling.schedule:
+        cluster.scaler.run(ScheduledScaling(scenario.scaling.schedule))
     return cluster
 
 
