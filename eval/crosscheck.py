@@ -22,8 +22,13 @@ from envs.sim.config import (
     WorkloadConfig,
 )
 from envs.sim.metrics import Summary, summarize
-from envs.sim.run import materialize_sessions, simulate
+from envs.sim.records import RequestRecord
+from envs.sim.run import build_cluster, materialize_sessions, simulate
+from envs.sim.sequence import EngineStats
+from envs.sim.workload import Session
 from eval.dynamo_replay import ReplaySummary, run_replay
+from eval.planner_baseline import PlannerTarget, dynamo_planner
+from eval.replay_scaling import DynamoPlannerPolicy
 
 # metric name -> (our summary field, replay summary field, "rel" or "abs" error)
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -35,6 +40,10 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "throughput": ("throughput_rps", "throughput_rps", "rel"),
     "prefix_reuse": ("prefix_reuse_ratio", "prefix_reuse_ratio", "abs"),
 }
+# Cases that run Dynamo's own Planner (load-based, this optimisation target) in both simulators.
+# Its decisions follow single-pass queue readings, so a case near a threshold can cross it a tick
+# apart in the two runs; the throughput target's case makes the same seven moves in both.
+PLANNER_CASES: dict[str, PlannerTarget] = {"1p5d-planner-throughput": "throughput"}
 # The acceptance bounds of the cross-check (issue #2): 10% relative, 0.03 absolute on reuse.
 BOUNDS = {"ttft_mean": 0.10, "itl_mean": 0.10, "e2e_mean": 0.10, "throughput": 0.10, "prefix_reuse": 0.03}
 
@@ -72,15 +81,35 @@ def relative_errors(ours: Summary, dynamo: ReplaySummary) -> dict[str, float]:
 
 
 def run_case(scenario: ScenarioConfig, clock: Callable[[], float]) -> CaseResult:
-    """One case: materialise its workload, run both simulators, compare."""
+    """One case: materialise its workload, run both simulators, compare. A case in
+    `PLANNER_CASES` runs Dynamo's own Planner in each (a fresh one per run)."""
     block_tokens = scenario.engine.block_size
     sessions = materialize_sessions(scenario, block_tokens)
+    planner = PLANNER_CASES.get(scenario.name)
     start = clock()
-    result = simulate(as_trace_scenario(scenario, block_tokens), trace_sessions=sessions)
+    if planner is None:
+        result = simulate(as_trace_scenario(scenario, block_tokens), trace_sessions=sessions)
+        records, stats = result.records, result.engine_stats
+    else:
+        records, stats = _simulate_with_planner(scenario, sessions, block_tokens, planner)
     ours_wall = clock() - start
-    ours = summarize(result.records, result.engine_stats)
-    dynamo = run_replay(scenario, sessions, block_tokens)
+    ours = summarize(records, stats)
+    if planner is None:
+        dynamo = run_replay(scenario, sessions, block_tokens)
+    else:
+        with dynamo_planner(scenario, planner) as adapter:
+            dynamo = run_replay(scenario, sessions, block_tokens, scaling_policy=adapter)
     return CaseResult(scenario.name, ours, dynamo, relative_errors(ours, dynamo), ours_wall)
+
+
+def _simulate_with_planner(
+    scenario: ScenarioConfig, sessions: list[Session], block_tokens: int, target: PlannerTarget
+) -> tuple[list[RequestRecord], list[EngineStats]]:
+    cluster = build_cluster(as_trace_scenario(scenario, block_tokens), trace_sessions=sessions)
+    with dynamo_planner(scenario, target) as adapter:
+        cluster.scaler.run(DynamoPlannerPolicy(adapter))
+        cluster.env.run()
+    return cluster.records, [engine.stats for engine in cluster.engines]
 
 
 def _case(
@@ -99,10 +128,11 @@ def _case(
 
 
 def default_grid() -> list[ScenarioConfig]:
-    """33 cases: agg and disagg (1P/1D, 1P/2D, 2P/4D, 1P/5D), round-robin and KV routing,
+    """34 cases: agg and disagg (1P/1D, 1P/2D, 2P/4D, 1P/5D), round-robin and KV routing,
     several knob settings, loads below and above saturation, single- and multi-turn sharing,
-    chunked prefill of prompts longer than the token budget, KV pressure with preemption, and
-    Dynamo's router queue (fcfs and wspt), and scripted P/D moves with start-up delays."""
+    chunked prefill of prompts longer than the token budget, KV pressure with preemption,
+    Dynamo's router queue (fcfs and wspt), scripted P/D moves with start-up delays, and Dynamo's
+    own Planner moving workers."""
     link = KvTransferConfig(bandwidth_gbps=64.0)
     agg4 = TopologyConfig(mode="agg", num_workers=4)
     agg2 = TopologyConfig(mode="agg", num_workers=2)
@@ -181,6 +211,13 @@ def default_grid() -> list[ScenarioConfig]:
         _case("1p5d-kv-closed160-wspt", d15, shared(1, **closed, concurrency=160), queue(0.5, "wspt")),
         # P/D moves through the replay's scaling hook: a scripted schedule, with start-up delays.
         _case("1p2d-kv-pd-moves", d12, shared(25), kv, scaling=moves(3.0, (5, 2, 1), (15, 1, 2))),
+        _case(
+            "1p5d-planner-throughput",
+            d15,
+            shared(60, n=3000),
+            kv,
+            scaling=ScalingConfig(startup_s=5.0, max_workers=6),
+        ),
         _case(
             "1p5d-closed160-pd-moves",
             d15,

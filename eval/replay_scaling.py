@@ -25,6 +25,7 @@ from envs.sim.scaling import (
 _FPM_FIELDS = (
     "num_prefill_requests",
     "sum_prefill_tokens",
+    "sum_prefill_kv_tokens",
     "num_decode_requests",
     "sum_decode_kv_tokens",
     "num_queued_prefill",

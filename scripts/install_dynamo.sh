@@ -9,7 +9,10 @@
 set -euo pipefail
 VENV="${1:-.venv}"
 PY="$VENV/bin/python"
-if "$PY" -c "import dynamo.replay.api, dynamo.llm" 2>/dev/null; then
+# Dynamo's Planner (the P/D baseline, eval/planner_baseline.py) imports these at module level;
+# the ai-dynamo wheel does not list them.
+PLANNER_DEPS=("scikit-learn==1.9.1" "plotly==7.1.0" "prometheus-api-client==0.7.2" "pmdarima==2.1.1" "filterpy==2.0.0" "prophet==1.5.0")
+if "$PY" -c "import dynamo.replay.api, dynamo.llm, sklearn, plotly, prometheus_api_client, pmdarima, filterpy, prophet" 2>/dev/null; then
   echo "ai-dynamo already installed in $VENV"
   exit 0
 fi
@@ -18,4 +21,5 @@ fi
   "msgspec>=0.19.0" "prometheus-client>=0.23.1,<1" "pyzmq>=26" "redis>=6.2,<9" "tqdm>=4" \
   "transformers>=4.56" "typing-extensions>=4.10" "zstandard>=0.23,<1"
 "$PY" -m pip install --quiet --no-deps "ai-dynamo==1.6.1"
+"$PY" -m pip install --quiet "${PLANNER_DEPS[@]}"
 "$PY" -c "import dynamo.replay.api, dynamo.llm; print('ai-dynamo 1.6.1 installed in $VENV')"

@@ -30,6 +30,7 @@ from envs.sim.router_classic import EngineMetrics
 from envs.sim.router_queue import RouterQueue
 from envs.sim.scaling import Scaler
 from envs.sim.sequence import Sequence
+from envs.sim.sources import TrafficSources
 from envs.sim.timing import TimingModel
 from envs.sim.workload import Session, Turn, prompt_block_hashes, sequence_block_hashes
 
@@ -51,7 +52,9 @@ class Cluster:
         self.env = simpy.Environment()
         self.records: list[RequestRecord] = []
         self.block_tokens = block_tokens
-        self._sessions = sessions
+        self.sources = TrafficSources(
+            self.env, sessions, scenario, self._dispatch, lambda: self._num_dispatched
+        )
         self._request_ids = itertools.count()
         self._num_dispatched = 0
         self._num_first_tokens = 0
@@ -204,56 +207,15 @@ class Cluster:
     # -- workload -----------------------------------------------------------------------------
 
     def start_open_loop(self, starts: Iterator[float]) -> None:
-        self.env.process(self._arrivals(starts))
+        self.sources.start_open_loop(starts)
 
     def start_closed_loop(self, concurrency: Callable[[float], int], change_times: list[float]) -> None:
-        self._concurrency = concurrency
-        self._num_clients = 0
-        self._spawn_clients()
-        for at_s in change_times:
-            self.env.process(self._at(at_s, self._spawn_clients))
+        self.sources.start_closed_loop(concurrency, change_times)
 
-    def _accepting(self) -> bool:
-        limit = self.scenario.workload.num_requests
-        duration = self.scenario.duration_s
-        if limit is not None and self._num_dispatched >= limit:
-            return False
-        return duration is None or self.env.now < duration
-
-    def _arrivals(self, starts: Iterator[float]):
-        for session in self._sessions:
-            start_s = session.start_s if self.scenario.workload.arrival == "trace" else next(starts)
-            if start_s > self.env.now:
-                yield self.env.timeout(start_s - self.env.now)
-            if not self._accepting():
-                return
-            self.env.process(self._run_session(session))
-
-    def _at(self, at_s: float, action: Callable[[], None]):
-        yield self.env.timeout(at_s)
-        action()
-
-    def _spawn_clients(self) -> None:
-        while self._num_clients < self._concurrency(self.env.now):
-            self._num_clients += 1
-            self.env.process(self._client())
-
-    def _client(self):
-        while self._accepting() and self._num_clients <= self._concurrency(self.env.now):
-            session = next(self._sessions, None)
-            if session is None:
-                break
-            yield from self._run_session(session)
-        self._num_clients -= 1
-
-    def _run_session(self, session: Session):
-        for turn_index, turn in enumerate(session.turns):
-            if turn_index and turn.delay_s > 0:
-                yield self.env.timeout(turn.delay_s)
-            if not self._accepting():
-                return
-            flight = self._dispatch(session.session_id, turn_index, turn)
-            yield flight.done
+    @property
+    def workload_done(self) -> bool:
+        """No request will arrive any more and none is in flight: the run is over."""
+        return self.sources.done and self.num_in_flight == 0
 
     # -- request flow -------------------------------------------------------------------------
 

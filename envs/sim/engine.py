@@ -55,15 +55,46 @@ class Engine(Scheduler):
         self._pending_release: list[Sequence] = []
         self._capacity_tokens = config.num_gpu_blocks * config.block_size
         self._hold_after_done = kind == "prefill"
-        # The last pass, as the mocker's ForwardPassMetrics report it: (prefill requests, prefill
-        # tokens, decoding requests, their KV tokens, the pass's wall time in seconds).
-        self.last_pass: tuple[int, int, int, int, float] = (0, 0, 0, 0, 0.0)
+        # The last pass as the mocker's ForwardPassMetrics report it (`_pass_metrics`), kept while
+        # a scaling policy reads them (off otherwise: it costs a scan of the waiting queue).
+        self.publish_passes = False
+        self.last_pass: tuple[int, ...] = ()
+        self.last_pass_s = 0.0
         self.on_idle: Callable[[Engine], None] | None = None  # a draining worker waits for it
         env.process(self._loop())
 
     @property
     def num_active_requests(self) -> int:
         return len(self.waiting) + len(self.running)
+
+    def _pass_metrics(
+        self,
+        batch: list[tuple[Sequence, int]],
+        num_prefill_tokens: int,
+        num_decoding: int,
+        kv_tokens: int,
+        wall_s: float,
+    ) -> tuple[int, ...]:
+        """(prefill requests, their new tokens, their prefix tokens, decoding requests, their KV
+        tokens, queued prompts, their tokens, queued preempted requests, their KV tokens) at the
+        scheduling of a pass, as the mocker's `build_fpm_snapshot` counts them; hand-offs waiting
+        for blocks count as neither queue."""
+        queued = [seq for seq in self.waiting if not seq.skip_prefill]
+        fresh = [seq.prompt_tokens for seq in queued if not seq.num_preemptions]
+        resumed = [seq.input_tokens + seq.generated for seq in queued if seq.num_preemptions]
+        self.last_pass_s = wall_s
+        prefix_tokens = sum(seq.num_computed for seq, _ in batch)
+        return (
+            len(batch),
+            num_prefill_tokens,
+            prefix_tokens,
+            num_decoding,
+            kv_tokens,
+            len(fresh),
+            sum(fresh),
+            len(resumed),
+            sum(resumed),
+        )
 
     @property
     def is_idle(self) -> bool:
@@ -166,7 +197,10 @@ class Engine(Scheduler):
                     kv_tokens, self._capacity_tokens, kv_tokens / num_decoding
                 )
             duration_s = duration_ms / 1000.0
-            self.last_pass = (len(batch), num_prefill_tokens, num_decoding, kv_tokens, duration_s)
+            if self.publish_passes:
+                self.last_pass = self._pass_metrics(
+                    batch, num_prefill_tokens, num_decoding, kv_tokens, duration_s
+                )
             start_s = env.now
             self._in_pass = True
             yield env.timeout(duration_s)

@@ -38,6 +38,7 @@ class WorkerPass:
     wall_time_s: float
     num_prefill_requests: int
     sum_prefill_tokens: int
+    sum_prefill_kv_tokens: int
     num_decode_requests: int
     sum_decode_kv_tokens: int
     num_queued_prefill: int
@@ -113,6 +114,9 @@ class ScaledCluster(Protocol):
     @property
     def num_dispatched(self) -> int: ...
 
+    @property
+    def workload_done(self) -> bool: ...
+
     def add_engine(self, kind: str) -> Engine: ...
 
     def stage_router(self, kind: str) -> Router: ...
@@ -143,6 +147,7 @@ class Scaler:
                 "decode": _Pool("decode", list(cluster.decode_router.workers)),
             }
         self._tick = 0
+        self._publish = False  # engines publish pass metrics once a policy reads them
         self._last_tick_s = 0.0
         self._seen_dispatched = self._seen_records = 0
 
@@ -189,7 +194,9 @@ class Scaler:
 
     def _start(self, pool: _Pool) -> None:
         cluster = self._cluster
-        worker = cluster.add_engine(pool.kind).worker_id
+        engine = cluster.add_engine(pool.kind)
+        engine.publish_passes = self._publish
+        worker = engine.worker_id
         if self.config.startup_s <= 0:
             pool.active.append(worker)
             cluster.stage_router(pool.kind).add_worker(worker)
@@ -233,6 +240,9 @@ class Scaler:
 
     def run(self, policy: ScalingPolicy) -> None:
         """Drive `policy` on the simulation clock from its first tick on."""
+        self._publish = True
+        for engine in self._cluster.engines:
+            engine.publish_passes = True
         first_s = policy.initial_tick_s()
         if first_s is not None:
             self._cluster.env.process(self._ticks(policy, first_s))
@@ -242,6 +252,8 @@ class Scaler:
         while at_s is not None:
             if at_s > env.now:
                 yield env.timeout(at_s - env.now)
+            if self._cluster.workload_done:
+                return  # the replay stops ticking when its trace is over, too
             decision = policy.on_tick(self.snapshot())
             self.scale_to(decision.num_prefill, decision.num_decode)
             at_s = decision.next_tick_s
@@ -256,7 +268,11 @@ class Scaler:
             now_s=now_s,
             prefill=self.view("prefill"),
             decode=self.view("decode"),
-            passes={w: worker_pass(cluster.engines[w]) for w in active},
+            # A worker that has not run a pass yet has published no metrics (the Planner then
+            # waits for it: Dynamo reconciles the metrics' worker count with the pool's).
+            passes={
+                w: worker_pass(cluster.engines[w]) for w in active if cluster.engines[w].stats.num_passes
+            },
             traffic=self._traffic(now_s),
         )
         self._tick += 1
@@ -301,20 +317,5 @@ class ScheduledScaling:
 
 
 def worker_pass(engine: Engine) -> WorkerPass:
-    """The engine's last pass and its queues now (prefill: prompts waiting; decode: transferred
-    requests waiting for blocks)."""
-    num_prefill, prefill_tokens, num_decode, decode_kv_tokens, wall_time_s = engine.last_pass
-    queued_prefill = [s for s in engine.waiting if not s.skip_prefill]
-    queued_decode = [s for s in engine.waiting if s.skip_prefill]
-    return WorkerPass(
-        worker_id=engine.worker_id,
-        wall_time_s=wall_time_s,
-        num_prefill_requests=num_prefill,
-        sum_prefill_tokens=prefill_tokens,
-        num_decode_requests=num_decode,
-        sum_decode_kv_tokens=decode_kv_tokens,
-        num_queued_prefill=len(queued_prefill),
-        sum_queued_prefill_tokens=sum(s.prompt_tokens for s in queued_prefill),
-        num_queued_decode=len(queued_decode),
-        sum_queued_decode_kv_tokens=sum(s.input_tokens + s.generated for s in queued_decode),
-    )
+    """The engine's last published pass (`Engine._pass_metrics`) as a `WorkerPass`."""
+    return WorkerPass(engine.worker_id, engine.last_pass_s, *engine.last_pass)
