@@ -41,6 +41,7 @@ class EpisodeSetup:
     warmup_s: float = 10.0
     overrides: tuple[str, ...] = ()
     knee_band: tuple[int, int] = (96, 128)  # the paper's knee: C in (96, 128]
+    knobs: tuple[tuple[str, float, float], ...] | None = None  # None: the environment's default
 
     def __post_init__(self) -> None:
         low, high = self.knee_band
@@ -58,6 +59,7 @@ class EpisodeSetup:
                 "interval_s": self.interval_s,
                 "warmup_s": self.warmup_s,
                 "overrides": (*self.overrides, *policy_overrides),
+                "knobs": self.knobs,
             }
         )
 
@@ -117,9 +119,14 @@ def run_episode(
     """One episode of the named policy (`values`: the knob values of a searched best-static)."""
     named = resolve(name)
     env = setup.env(named.overrides)
+    if named.scaling is not None:
+        env.set_scaling(named.scaling)
     context = PolicyContext.from_env(env)
     policy = StaticPolicy(name, context, dict(values)) if values is not None else named.build(context)
-    rows = _rollout(env, policy, name, seed, setup)
+    try:
+        rows = _rollout(env, policy, name, seed, setup)
+    finally:
+        env.close()
     return EpisodeResult(tuple(rows), _phase_summaries(rows, env.records, setup))
 
 

@@ -11,6 +11,9 @@ routers ignore the knobs, so their knob policy is the static default.
                      (`overlap_score_credit_decay`, startup-only; not in v0.9)
     best-static      the best fixed knob setting of a grid search on training seeds
     knee             the paper's knee-detection controller (agents/knee.py)
+    planner, planner-latency
+                     Dynamo's own load-based Planner moving workers between the pools
+                     (throughput or latency target; agents/planner.py), the scenario's knobs
     round-robin, random, p2c, least-loaded          Dynamo's load-based routers
     cache-aware, llm-d                              SGLang's and llm-d's routers
     static:KNOB=V[,KNOB=V...]                       fixed knob values
@@ -26,10 +29,14 @@ from pathlib import Path
 
 from agents.base import Policy, PolicyContext, StaticPolicy
 from agents.knee import KneeController
+from agents.planner import PlannerTarget, planner_policy
 from agents.policy_spec import BASELINES, NAMED_FIXED, PolicySpecError
+from envs.sim.config import ScenarioConfig
+from envs.sim.scaling import ScalingPolicy
 
 ROUTER_MODES: tuple[str, ...] = ("round-robin", "random", "p2c", "least-loaded", "cache-aware", "llm-d")
-NAMED: tuple[str, ...] = ("default", "credit-decay", "best-static", "knee", *ROUTER_MODES)
+PLANNERS: dict[str, PlannerTarget] = {"planner": "throughput", "planner-latency": "latency"}
+NAMED: tuple[str, ...] = ("default", "credit-decay", "best-static", "knee", *PLANNERS, *ROUTER_MODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,8 @@ class NamedPolicy:
     overrides: tuple[str, ...]
     build: Callable[[PolicyContext], Policy]
     search: bool = False
+    # Moves workers between the pools while the episode runs (the environment's scaling hook).
+    scaling: Callable[[ScenarioConfig], ScalingPolicy] | None = None
 
 
 def resolve(name: str) -> NamedPolicy:
@@ -57,6 +66,9 @@ def resolve(name: str) -> NamedPolicy:
         return NamedPolicy(name, ("router.mode=kv",), _default, search=True)
     if name == "knee":
         return NamedPolicy(name, ("router.mode=kv",), lambda context: KneeController(context))
+    if name in PLANNERS:
+        target = PLANNERS[name]
+        return NamedPolicy(name, ("router.mode=kv",), _default, scaling=lambda s: planner_policy(s, target))
     if name == "random":
         return NamedPolicy(name, BASELINES["random"], _default)
     if name.startswith("static:"):

@@ -11,7 +11,9 @@ that every request arriving in the next interval is routed with (Dynamo's per-re
 `Box(-1, 1, (k,), float32)`: knob i is `low_i + (a_i + 1) / 2 * (high_i - low_i)` (`envs.sim.knobs`).
 Default knobs: `overlap_score_credit` [0, 8], `prefill_load_scale` [0, 8], `router_temperature`
 [0, 1] (Dynamo 1.6.1); for `router_semantics: dynamo-0.9` scenarios, `overlap_score_weight`
-[0, 2] and `router_temperature` [0, 1]. Configurable with `knobs`.
+[0, 2] and `router_temperature` [0, 1]. Configurable with `knobs`, which may add the lever
+`num_prefill_workers` (`envs.levers`): the prefill pool's share of `scaling.max_workers`, moved
+every `lever_every` intervals with Dynamo's start-up and drain costs.
 
 ## Observation space
 `Box(-inf, inf, (n,), float32)` built by `envs.observation` (schema v1) from two metrics
@@ -56,98 +58,39 @@ episode (`truncated`, with the reason in `info["ended"]`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
+from envs.env_config import EnvConfig
+from envs.levers import LeverDriver, check_levers, lever_defaults
 from envs.live.backend import LiveBackend, LiveConfig, Unreachable
 from envs.observation import ObservationBuilder, ObservationConfig
 from envs.poa import PoaParams, estimate_poa, poa_params_for
-from envs.reward import ReferenceThroughput, RewardConfig, reward_terms
+from envs.reward import ReferenceThroughput, reward_terms
 from envs.scenarios import load_inputs, load_scenario
-from envs.schedules import ScheduleConfig, concurrency_levels
+from envs.schedules import concurrency_levels
 from envs.sim.config import LoadStep, ScenarioConfig
 from envs.sim.knobs import (
+    LEVERS,
     RELEASE_KNOBS,
-    KnobRange,
     action_to_override,
     check_knobs,
     default_knobs,
     knob_values,
     override_to_action,
+    split_levers,
 )
 from envs.sim.metrics import summarize
 from envs.sim.profile_arrays import ProfileArrays
 from envs.sim.run import build_cluster, random_streams
+from envs.sim.scaling import ScalingPolicy
 from envs.sim_metrics import SimMetrics
 
 ENV_ID = "PoAGym/DisaggRouting-v0"
-
-
-@dataclass(frozen=True, slots=True)
-class EnvConfig:
-    """Everything an episode depends on; validated on construction."""
-
-    scenarios: tuple[str, ...] = ("llama70b-b200-1p5d",)
-    schedules: tuple[ScheduleConfig, ...] = (ScheduleConfig(),)
-    interval_s: float = 5.0
-    num_intervals: int = 60
-    warmup_s: float = 10.0
-    knobs: tuple[KnobRange, ...] | None = None
-    history_len: int = 4
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    overrides: tuple[str, ...] = ()
-    backend: str = "sim"  # "sim", or "dynamo": a live deployment (`live`)
-    live: LiveConfig | None = None
-
-    def __post_init__(self) -> None:
-        if self.backend not in ("sim", "dynamo"):
-            raise ValueError(f"backend: must be 'sim' or 'dynamo', got {self.backend!r}")
-        if self.backend == "dynamo" and len(self.scenarios) != 1:
-            raise ValueError("backend 'dynamo': a deployment runs one scenario; give exactly one")
-        if not self.scenarios or not self.schedules:
-            raise ValueError("EnvConfig needs at least one scenario and one schedule")
-        if not self.interval_s > 0 or self.num_intervals < 1:
-            raise ValueError("EnvConfig needs interval_s > 0 and num_intervals >= 1")
-        if not self.warmup_s >= self.interval_s:
-            raise ValueError(f"warmup_s ({self.warmup_s}) must cover one interval ({self.interval_s})")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EnvConfig:
-        """Build from plain values (YAML, RLlib's env_config); unknown keys are errors."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known - {"scenario", "schedule"}
-        if unknown:
-            raise ValueError(f"EnvConfig: unknown field(s) {sorted(unknown)} (known: {sorted(known)})")
-        values = {k: v for k, v in data.items() if k in known}
-        if "scenario" in data:
-            values["scenarios"] = (data["scenario"],)
-        if "schedule" in data:
-            values["schedules"] = (data["schedule"],)
-        # Absent fields take the dataclass defaults (with slots, `cls.scenarios` is a descriptor).
-        if "scenarios" in values:
-            values["scenarios"] = tuple(values["scenarios"])
-        if "schedules" in values:
-            values["schedules"] = tuple(_schedule(s) for s in values["schedules"])
-        if values.get("knobs") is not None:
-            values["knobs"] = tuple(k if isinstance(k, KnobRange) else KnobRange(*k) for k in values["knobs"])
-        if isinstance(values.get("reward"), Mapping):
-            values["reward"] = RewardConfig(**values["reward"])
-        values["overrides"] = tuple(values.get("overrides", ()))
-        if values.get("backend") == "dynamo" and not isinstance(values.get("live"), LiveConfig):
-            values["live"] = LiveConfig(**(values.get("live") or {}))
-        return cls(**values)
-
-
-def _schedule(value: ScheduleConfig | Mapping[str, Any] | str) -> ScheduleConfig:
-    if isinstance(value, ScheduleConfig):
-        return value
-    if isinstance(value, str):
-        return ScheduleConfig(kind=value)  # type: ignore[arg-type]
-    return ScheduleConfig(**value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +116,10 @@ class DisaggRoutingEnv(gym.Env):
         self.knobs = config.knobs or default_knobs(first_router)
         for loaded in self._loaded:
             check_knobs(self.knobs, loaded.scenario.router)
+            check_levers(self.knobs, loaded.scenario)
+        self._levers = LeverDriver(config.lever_every)
+        self._scaling_factory: Callable[[ScenarioConfig], ScalingPolicy] | None = None
+        self._scaling: ScalingPolicy | None = None
         self.obs_config = ObservationConfig(tuple(k.name for k in self.knobs), config.history_len)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self.knobs),), np.float32)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.obs_config.size,), np.float32)
@@ -181,6 +128,8 @@ class DisaggRoutingEnv(gym.Env):
         self._live = self._connect(config) if config.backend == "dynamo" else None
 
     def _connect(self, config: EnvConfig) -> LiveBackend:
+        if any(k.name in LEVERS for k in self.knobs):
+            raise ValueError("backend 'dynamo': levers (num_prefill_workers) are simulator-only so far")
         live = LiveBackend(config.live or LiveConfig())
         # Only the knob router's decisions are visible live (the frontend routes the decode
         # stage itself), so PoA-hat is taken over the stage the knobs act on.
@@ -197,10 +146,15 @@ class DisaggRoutingEnv(gym.Env):
             )
         return live
 
+    def set_scaling(self, factory: Callable[[ScenarioConfig], ScalingPolicy] | None) -> None:
+        """Let a scaling policy (Dynamo's Planner, say) move workers from each episode's start,
+        one fresh per episode; it then owns the pools, so the levers stop moving them."""
+        self._scaling_factory = factory
+
     @property
     def default_values(self) -> dict[str, float]:
-        """The first scenario's own knob values: what `reset` warms up with."""
-        return knob_values(self._loaded[0].scenario.router)
+        """The first scenario's own knob and lever values: what `reset` warms up with."""
+        return _own_values(self._loaded[0].scenario)
 
     @property
     def records(self) -> tuple:
@@ -230,7 +184,7 @@ class DisaggRoutingEnv(gym.Env):
         self._levels = concurrency_levels(schedule, self.config.num_intervals, rng)
         scenario = self._episode_scenario(int(rng.integers(2**31 - 1)))
         self._step = 0
-        default_action = override_to_action(knob_values(scenario.router), self.knobs)
+        default_action = override_to_action(_own_values(scenario), self.knobs)
         if self._live is not None:
             observation = self._reset_live(scenario, default_action)
         else:
@@ -244,6 +198,10 @@ class DisaggRoutingEnv(gym.Env):
 
     def _reset_sim(self, scenario: ScenarioConfig, default_action: np.ndarray) -> np.ndarray:
         self._cluster = build_cluster(scenario, profile=self._active.profile)
+        self._close_scaling()
+        if self._scaling_factory is not None:
+            self._scaling = self._scaling_factory(scenario)
+            self._cluster.scaler.run(self._scaling)
         self._metrics = SimMetrics(self._cluster)
         warmup_s = self.config.warmup_s
         if warmup_s > self.config.interval_s:
@@ -317,7 +275,10 @@ class DisaggRoutingEnv(gym.Env):
                 truncated = True
         return observation, float(sum(terms.values())), False, truncated, info
 
-    def _step_sim(self, override: dict[str, float], action: np.ndarray, start_s: float):
+    def _step_sim(self, values: dict[str, float], action: np.ndarray, start_s: float):
+        override, levers = split_levers(values)
+        if self._scaling is None:
+            self._levers.apply(self._cluster, levers, self._step)
         self._cluster.set_router_override(override)
         self._cluster.env.run(until=start_s + self.config.interval_s)
         finished = self._cluster.records[self._records_seen :]
@@ -347,7 +308,13 @@ class DisaggRoutingEnv(gym.Env):
     def close(self) -> None:
         if self._live is not None:
             self._live.close()
+        self._close_scaling()
         super().close()
+
+    def _close_scaling(self) -> None:
+        if self._scaling is not None and hasattr(self._scaling, "close"):
+            self._scaling.close()
+        self._scaling = None
 
     # -- episode construction ---------------------------------------------------------------------
 
@@ -371,6 +338,10 @@ class DisaggRoutingEnv(gym.Env):
         )
         duration_s = config.warmup_s + config.num_intervals * config.interval_s
         return dataclasses.replace(base, seed=sim_seed, workload=workload, duration_s=duration_s)
+
+
+def _own_values(scenario: ScenarioConfig) -> dict[str, float]:
+    return {**knob_values(scenario.router), **lever_defaults(scenario)}
 
 
 def _as_dict(config: EnvConfig) -> dict[str, Any]:

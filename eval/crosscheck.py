@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agents.planner import DynamoPlannerPolicy, PlannerTarget, dynamo_planner
 from envs.sim.config import (
     EngineConfig,
     KvTransferConfig,
@@ -27,8 +28,6 @@ from envs.sim.run import build_cluster, materialize_sessions, simulate
 from envs.sim.sequence import EngineStats
 from envs.sim.workload import Session
 from eval.dynamo_replay import ReplaySummary, run_replay
-from eval.planner_baseline import PlannerTarget, dynamo_planner
-from eval.replay_scaling import DynamoPlannerPolicy
 
 # metric name -> (our summary field, replay summary field, "rel" or "abs" error)
 METRICS: dict[str, tuple[str, str, str]] = {

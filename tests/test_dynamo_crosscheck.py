@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from eval.crosscheck import BOUNDS, run_case, smoke_grid
+from eval.crosscheck import BOUNDS, default_grid, run_case, smoke_grid
 from eval.dynamo_replay import dynamo_available
 
 pytestmark = [
@@ -52,7 +52,10 @@ def test_the_router_queue_reorders_as_dynamos_does() -> None:
     simulators (so a simulator ignoring the queue fails), and they agree on it within 10%."""
     import dataclasses
 
-    case = next(c for c in smoke_grid() if c.name == "1p5d-kv-closed160-wspt")
+    # The full case (800 requests): on the smoke grid's 300 the replay's median moves by up to
+    # 18% from run to run (its tie-breaks are unseeded) on a median split between short prompts
+    # served at once and long ones left waiting; on 800 it stays within 3% over five runs.
+    case = next(c for c in default_grid() if c.name == "1p5d-kv-closed160-wspt")
     plain = dataclasses.replace(case, router=dataclasses.replace(case.router, router_queue_threshold=None))
     queued, unqueued = run_case(case, time.perf_counter), run_case(plain, time.perf_counter)
     assert abs(queued.errors["ttft_p50"]) <= 0.10, queued.errors

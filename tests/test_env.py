@@ -9,7 +9,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers the environment)
-from envs.disagg_env import DisaggRoutingEnv, EnvConfig, make_env
+from envs.disagg_env import DisaggRoutingEnv, make_env
+from envs.env_config import EnvConfig
 from envs.schedules import ScheduleConfig, concurrency_levels
 from envs.sim.knobs import KnobRange, action_to_override, override_to_action
 

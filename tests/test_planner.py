@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from agents.planner import DynamoPlannerPolicy, dynamo_planner
 from envs.sim.metrics import summarize
 from envs.sim.run import build_cluster, materialize_sessions, simulate
 from eval.crosscheck import (
@@ -24,8 +25,6 @@ from eval.crosscheck import (
     run_case,
 )
 from eval.dynamo_replay import dynamo_available, run_replay
-from eval.planner_baseline import dynamo_planner
-from eval.replay_scaling import DynamoPlannerPolicy
 
 pytestmark = [
     pytest.mark.dynamo,

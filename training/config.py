@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from envs.disagg_env import ENV_ID, EnvConfig
+from envs.disagg_env import ENV_ID
+from envs.env_config import EnvConfig
 from envs.errors import UserError
 from envs.sim.knobs import ALL_KNOBS, check_knob_value
 

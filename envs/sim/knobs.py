@@ -11,6 +11,9 @@ the sidecar, the exporters and the cross-check.
   decode stage (`DECODE_OVERRIDES`).
 - **The action mapping.** An action is a vector in [-1, 1]^k; knob i takes
   `low_i + (a_i + 1) / 2 * (high_i - low_i)` over its `KnobRange`.
+- **Levers** (`LEVERS`): actions beyond the router's per-request knobs, mapped the same way but
+  applied by the environment on their own cadence: `num_prefill_workers` splits a fixed budget of
+  workers between the prefill and decode pools (Dynamo's Planner's move, `envs.sim.scaling`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ ALL_KNOBS: tuple[str, ...] = (
     "overlap_score_weight",
     "router_temperature",
 )
+# Actions that are not router knobs: the environment applies them itself (see the docstring).
+LEVERS: tuple[str, ...] = ("num_prefill_workers",)
 # What v0.9's weight is in 1.6.1's formula.
 V09_TO_V16_NAMES: dict[str, str] = {"overlap_score_weight": "prefill_load_scale"}
 # The fields of `router_config_override` each release accepts: 1.6.1's also takes the v0.9 name
@@ -192,8 +197,11 @@ class KnobRange:
     high: float
 
     def __post_init__(self) -> None:
-        if self.name not in ALL_KNOBS:
-            raise ValueError(f"knob {self.name!r} is not a per-request knob ({', '.join(ALL_KNOBS)})")
+        if self.name not in ALL_KNOBS + LEVERS:
+            raise ValueError(
+                f"knob {self.name!r} is neither a per-request knob ({', '.join(ALL_KNOBS)}) "
+                f"nor a lever ({', '.join(LEVERS)})"
+            )
         if not (math.isfinite(self.low) and math.isfinite(self.high) and 0 <= self.low < self.high):
             raise ValueError(f"knob {self.name}: need 0 <= low < high, got [{self.low}, {self.high}]")
 
@@ -204,8 +212,9 @@ def default_knobs(router: RouterConfig) -> tuple[KnobRange, ...]:
 
 
 def check_knobs(knobs: Sequence[KnobRange], router: RouterConfig) -> None:
-    """Reject a knob set the scenario's router release cannot take per request."""
-    allowed = RELEASE_KNOBS[router.router_semantics]
+    """Reject a knob set the scenario's router release cannot take per request (levers are the
+    environment's to check against the deployment)."""
+    allowed = (*RELEASE_KNOBS[router.router_semantics], *LEVERS)
     names = [k.name for k in knobs]
     bad = [name for name in names if name not in allowed]
     if bad or len(set(names)) != len(names):
@@ -221,6 +230,12 @@ def action_to_override(action: np.ndarray, knobs: Sequence[KnobRange]) -> dict[s
     if clipped.shape[0] != len(knobs):
         raise ValueError(f"action has {clipped.shape[0]} entries for {len(knobs)} knobs")
     return {k.name: k.low + (a + 1.0) / 2.0 * (k.high - k.low) for k, a in zip(knobs, clipped, strict=True)}
+
+
+def split_levers(values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(the router override, the lever values) of an action's knob values."""
+    override = {name: value for name, value in values.items() if name not in LEVERS}
+    return override, {name: value for name, value in values.items() if name in LEVERS}
 
 
 def override_to_action(values: Mapping[str, float], knobs: Sequence[KnobRange]) -> np.ndarray:

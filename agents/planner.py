@@ -1,5 +1,8 @@
 """Dynamo's own Planner as a P/D baseline: the shipped planner code (`dynamo.planner`), built the
-way Dynamo's replay builds it, driving our simulator or Dynamo's replay through the same hook.
+way Dynamo's replay builds it, driving our simulator (`DynamoPlannerPolicy`) or Dynamo's replay
+(the adapter is the replay's hook object itself) through the same scaling hook: a dict of the
+pools' ids, each worker's ForwardPassMetrics and the traffic since the last tick, answered by
+`{"target_prefill", "target_decode", "next_tick_ms"}`.
 
 Load-based scaling (the reactive path, every `load_interval_s`) reads each worker's forward-pass
 metrics: a prefill pool grows when a worker's queued prefill tokens reach a share of the context
@@ -26,6 +29,7 @@ from typing import Any, Literal
 
 from envs.errors import UserError
 from envs.sim.config import EngineConfig, ScenarioConfig
+from envs.sim.scaling import ScalingDecision, ScalingSnapshot, WorkerPass
 
 PlannerTarget = Literal["latency", "throughput"]
 INSTALL_HINT = "run `make dynamo` (it installs Dynamo's Planner dependencies too)"
@@ -118,3 +122,94 @@ def dynamo_planner(
     adapter = create_replay_planner_adapter(planner_config=config, capabilities=capabilities)
     adapter.set_bootstrap_metadata({"status": "load_only", "reason": "no AIS performance models"})
     return adapter
+
+
+FPM_FIELDS = (
+    "num_prefill_requests",
+    "sum_prefill_tokens",
+    "sum_prefill_kv_tokens",
+    "num_decode_requests",
+    "sum_decode_kv_tokens",
+    "num_queued_prefill",
+    "sum_queued_prefill_tokens",
+    "num_queued_decode",
+    "sum_queued_decode_kv_tokens",
+)
+# Variances the simulator does not keep; Dynamo's load-based Planner reads none of them.
+FPM_VARIANCES = (
+    "var_prefill_length",
+    "var_decode_kv_tokens",
+    "var_queued_prefill_length",
+    "var_queued_decode_kv_tokens",
+)
+
+
+class DynamoPlannerPolicy:
+    """Dynamo's own Planner (the replay's `ReplayPlannerAdapter`) as a policy of our simulator."""
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter = adapter
+
+    def close(self) -> None:
+        """Shut the Planner down (its engine and event loop); idempotent."""
+        self.adapter.close()
+
+    def initial_tick_s(self) -> float | None:
+        return self.adapter.initial_tick_ms() / 1000.0
+
+    def on_tick(self, snapshot: ScalingSnapshot) -> ScalingDecision:
+        decision = self.adapter.on_tick(replay_snapshot(snapshot))
+        next_ms = decision.get("next_tick_ms")
+        return ScalingDecision(
+            decision.get("target_prefill"),
+            decision.get("target_decode"),
+            None if next_ms is None else next_ms / 1000.0,
+        )
+
+
+def replay_snapshot(snapshot: ScalingSnapshot) -> dict[str, Any]:
+    """Our snapshot as the replay's dict, for Dynamo's Planner."""
+    result: dict[str, Any] = {"tick_ordinal": snapshot.tick, "now_ms": snapshot.now_s * 1000.0}
+    for name, pool in (("prefill", snapshot.prefill), ("decode", snapshot.decode)):
+        for state in ("active", "starting", "draining"):
+            ids = list(getattr(pool, state))
+            result[f"{state}_{name}_ids"] = ids
+            result[f"{state}_{name}_count"] = len(ids)
+        result[f"non_draining_{name}_count"] = pool.num_serving
+        result[f"total_{name}_count"] = pool.num_serving + len(pool.draining)
+        result[f"{name}_fpm_snapshots"] = [
+            _fpm_dict(snapshot.passes[w]) for w in pool.active if w in snapshot.passes
+        ]
+    traffic = snapshot.traffic
+    result["traffic"] = {
+        "duration_s": traffic.duration_s,
+        "num_req": traffic.num_requests,
+        "avg_isl": traffic.mean_isl_tokens,
+        "avg_osl": traffic.mean_osl_tokens,
+        "avg_ttft_ms": traffic.mean_ttft_s * 1000.0,
+        "avg_itl_ms": traffic.mean_itl_s * 1000.0,
+        "shape_count": traffic.num_finished,
+        "ttft_count": traffic.num_finished,
+        "itl_count": traffic.num_finished,
+        "avg_accept_length": None,
+        "avg_kv_hit_rate": traffic.kv_hit_rate,
+        "hit_rate_count": traffic.num_finished,
+        "accept_length_forward_count": 0,
+    }
+    return result
+
+
+def _fpm_dict(worker_pass: WorkerPass) -> dict[str, Any]:
+    fpm: dict[str, Any] = {
+        "worker_id": worker_pass.worker_id,
+        "dp_rank": 0,
+        "wall_time": worker_pass.wall_time_s,
+    }
+    fpm.update({name: getattr(worker_pass, name) for name in FPM_FIELDS})
+    fpm.update(dict.fromkeys(FPM_VARIANCES, 0.0))
+    return fpm
+
+
+def planner_policy(scenario: ScenarioConfig, target: PlannerTarget = "throughput") -> DynamoPlannerPolicy:
+    """A fresh Dynamo Planner for one episode of the scenario (close it after)."""
+    return DynamoPlannerPolicy(dynamo_planner(scenario, target))

@@ -1,0 +1,64 @@
+"""The environment's levers beyond the router knobs (`envs.sim.knobs.LEVERS`), applied on their
+own cadence with their real cost.
+
+`num_prefill_workers` splits the scenario's worker budget (`scaling.max_workers`) between the
+prefill and decode pools: every `every` control intervals the action's value, rounded, becomes
+the prefill pool's target and the rest of the budget the decode pool's. The move costs what it
+costs in Dynamo: a new worker serves only after `scaling.startup_s`, a drained one finishes what
+it holds first (`envs.sim.scaling`), so a policy that moves often pays for it in capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from envs.sim.cluster import Cluster
+from envs.sim.config import ScenarioConfig
+from envs.sim.knobs import KnobRange
+
+
+def check_levers(knobs: Sequence[KnobRange], scenario: ScenarioConfig) -> None:
+    """Reject a lever the scenario's deployment cannot move (the message names the field)."""
+    for knob in knobs:
+        if knob.name != "num_prefill_workers":
+            continue
+        budget = scenario.scaling.max_workers
+        if scenario.topology.mode != "disagg" or budget is None:
+            raise ValueError(
+                f"{scenario.name}: the num_prefill_workers lever needs a disaggregated topology and "
+                "scaling.max_workers (the budget it splits)"
+            )
+        if knob.low < 1 or knob.high > budget - 1:
+            raise ValueError(
+                f"knob num_prefill_workers: [{knob.low:g}, {knob.high:g}] must lie in [1, {budget - 1}] "
+                f"(scaling.max_workers {budget} leaves one decode worker at least)"
+            )
+
+
+def lever_defaults(scenario: ScenarioConfig) -> dict[str, float]:
+    """The scenario's own value of every lever: what a policy that does not set one holds."""
+    return {"num_prefill_workers": float(scenario.topology.num_prefill_workers)}
+
+
+def lever_ranges(scenario: ScenarioConfig) -> dict[str, tuple[float, float]]:
+    """Each lever's widest range on the scenario (for a default action space with levers)."""
+    budget = scenario.scaling.max_workers or 2
+    return {"num_prefill_workers": (1.0, float(budget - 1))}
+
+
+class LeverDriver:
+    """Applies an episode's lever values to its cluster every `every` intervals."""
+
+    def __init__(self, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"lever_every must be >= 1, got {every}")
+        self.every = every
+
+    def apply(self, cluster: Cluster, values: Mapping[str, float], step: int) -> None:
+        if "num_prefill_workers" not in values or step % self.every:
+            return
+        budget = cluster.scenario.scaling.max_workers
+        assert budget is not None  # check_levers
+        prefill = min(max(1, round(values["num_prefill_workers"])), budget - 1)
+        if prefill != cluster.scaler.view("prefill").num_serving:
+            cluster.scaler.scale_to(prefill, budget - prefill)
