@@ -74,6 +74,11 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--search-seeds", type=int, default=1, help="seeds per search point (default 1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--levers",
+        default="",
+        help="add levers to the action space (num_prefill_workers: the P/D split of scaling.max_workers)",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--no-plots", action="store_true")
@@ -137,6 +142,8 @@ def _setup(args: argparse.Namespace, policies: list[str]) -> EpisodeSetup:
             overrides=tuple(args.overrides),
             knee_band=(low, high),
         )
+        if args.levers:
+            setup = _with_levers(setup, args.levers)
         for name in policies:  # every policy's scenario loads now, before any episode runs
             _check_policy(setup, name)
     except ScenarioError:
@@ -144,6 +151,24 @@ def _setup(args: argparse.Namespace, policies: list[str]) -> EpisodeSetup:
     except ValueError as error:
         raise UserError(f"eval: {error}") from None
     return setup
+
+
+def _with_levers(setup: EpisodeSetup, text: str) -> EpisodeSetup:
+    """The setup's default knobs plus the named levers over their widest ranges."""
+    import dataclasses
+
+    from envs.levers import lever_ranges
+    from envs.scenarios import load_scenario
+    from envs.sim.knobs import LEVERS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in LEVERS]
+    if unknown:
+        raise UserError(f"--levers: unknown lever(s) {unknown} (known: {', '.join(LEVERS)})")
+    scenario, _ = load_scenario(setup.scenario, list(setup.overrides))
+    ranges = lever_ranges(scenario)
+    knobs = [(k.name, k.low, k.high) for k in setup.env().knobs]
+    return dataclasses.replace(setup, knobs=(*knobs, *((name, *ranges[name]) for name in names)))
 
 
 def _check_policy(setup: EpisodeSetup, name: str) -> None:

@@ -29,7 +29,7 @@ import yaml
 from envs.disagg_env import ENV_ID
 from envs.env_config import EnvConfig
 from envs.errors import UserError
-from envs.sim.knobs import ALL_KNOBS, check_knob_value
+from envs.sim.knobs import ALL_KNOBS, LEVERS, check_knob_value
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "ppo.yaml"
 OURS = "poa-gym"
@@ -114,8 +114,8 @@ class TrainConfig:
         if self.start_knobs and not self.start_at_defaults:
             raise ValueError("start_knobs: needs start_at_defaults: true (they replace some defaults)")
         for name, value in self.start_knobs.items():
-            if name not in ALL_KNOBS:
-                raise ValueError(f"start_knobs.{name}: not a knob ({', '.join(ALL_KNOBS)})")
+            if name not in ALL_KNOBS + LEVERS:
+                raise ValueError(f"start_knobs.{name}: not a knob ({', '.join(ALL_KNOBS + LEVERS)})")
             check_knob_value(f"start_knobs.{name}", value)
 
     def with_overrides(self, **changes: Any) -> TrainConfig:

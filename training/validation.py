@@ -49,6 +49,8 @@ def episode_setup(config: TrainConfig, scenario: str) -> EpisodeSetup:
         warmup_s=env.warmup_s,
         overrides=env.overrides,
         knee_band=evaluation.knee_band(scenario),
+        # The training action space (levers included), so a candidate and its baselines share it.
+        knobs=tuple((k.name, k.low, k.high) for k in env.knobs) if env.knobs else None,
     )
 
 
