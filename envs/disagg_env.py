@@ -66,13 +66,14 @@ import gymnasium as gym
 import numpy as np
 
 from envs.env_config import EnvConfig
-from envs.levers import LeverDriver, check_levers, lever_defaults
+from envs.levers import BUSY_LEVER, LeverDriver, check_levers, lever_defaults
 from envs.live.backend import LiveBackend, LiveConfig, Unreachable
 from envs.observation import ObservationBuilder, ObservationConfig
 from envs.poa import PoaParams, estimate_poa, poa_params_for
 from envs.reward import ReferenceThroughput, reward_terms
 from envs.scenarios import load_inputs, load_scenario
 from envs.schedules import concurrency_levels
+from envs.sim.busy import BusyThresholds
 from envs.sim.config import LoadStep, ScenarioConfig
 from envs.sim.knobs import (
     LEVERS,
@@ -117,7 +118,12 @@ class DisaggRoutingEnv(gym.Env):
         for loaded in self._loaded:
             check_knobs(self.knobs, loaded.scenario.router)
             check_levers(self.knobs, loaded.scenario)
-        self._levers = LeverDriver(config.lever_every)
+        self._levers = LeverDriver(config.lever_every, self.knobs)
+        # Requests turned away are counted in `info` where a busy threshold can turn one away.
+        self._can_reject = config.backend == "sim" and (
+            any(k.name == BUSY_LEVER for k in self.knobs)
+            or any(BusyThresholds.of(loaded.scenario.router).enabled for loaded in self._loaded)
+        )
         self._scaling_factory: Callable[[ScenarioConfig], ScalingPolicy] | None = None
         self._scaling: ScalingPolicy | None = None
         self.obs_config = ObservationConfig(tuple(k.name for k in self.knobs), config.history_len)
@@ -129,7 +135,7 @@ class DisaggRoutingEnv(gym.Env):
 
     def _connect(self, config: EnvConfig) -> LiveBackend:
         if any(k.name in LEVERS for k in self.knobs):
-            raise ValueError("backend 'dynamo': levers (num_prefill_workers) are simulator-only so far")
+            raise ValueError(f"backend 'dynamo': levers ({', '.join(LEVERS)}) are simulator-only so far")
         live = LiveBackend(config.live or LiveConfig())
         # Only the knob router's decisions are visible live (the frontend routes the decode
         # stage itself), so PoA-hat is taken over the stage the knobs act on.
@@ -209,6 +215,7 @@ class DisaggRoutingEnv(gym.Env):
         self._builder.reset(self._metrics.snapshot())
         self._cluster.env.run(until=warmup_s)
         self._records_seen = len(self._cluster.records)
+        self._rejections_seen = len(self._cluster.rejections)
         self._tokens_seen = self._cluster.num_decode_tokens
         return self._builder.build(self._metrics.snapshot(), default_action)
 
@@ -268,6 +275,10 @@ class DisaggRoutingEnv(gym.Env):
             "time_s": start_s + self.config.interval_s,
         }
         truncated = self._step >= self.config.num_intervals
+        if self._can_reject:
+            rejections = self._cluster.rejections
+            info["num_rejected"] = len(rejections) - self._rejections_seen
+            self._rejections_seen = len(rejections)
         if self._live is not None:
             info["num_failed"] = len(self._live.failures)
             if self._live.failures and not finished:
@@ -277,8 +288,9 @@ class DisaggRoutingEnv(gym.Env):
 
     def _step_sim(self, values: dict[str, float], action: np.ndarray, start_s: float):
         override, levers = split_levers(values)
-        if self._scaling is None:
-            self._levers.apply(self._cluster, levers, self._step)
+        if self._scaling is not None:  # the scaling policy owns the pools
+            levers.pop("num_prefill_workers", None)
+        self._levers.apply(self._cluster, levers, self._step)
         self._cluster.set_router_override(override)
         self._cluster.env.run(until=start_s + self.config.interval_s)
         finished = self._cluster.records[self._records_seen :]

@@ -24,6 +24,7 @@ from rich.table import Table
 from agents.sidecar import cli as sidecar_cli
 from envs.errors import UserError
 from envs.scenarios import load_scenario, preset_names, run_scenario
+from envs.sim.busy import BusyThresholds
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import Summary, summarize
 from eval import (
@@ -192,6 +193,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     wall_s = time.perf_counter() - start
     summary = summarize(result.records, result.engine_stats)
     report = simulate_report(summary, result.sim_time_s, wall_s)
+    if result.rejections or BusyThresholds.of(scenario.router).enabled:
+        report["num_rejected"] = len(result.rejections)
     if args.json:
         out.print_json(json.dumps(report))
     else:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import simpy
 
+from envs.sim.busy import BusyThresholds, Rejection, busy_workers
 from envs.sim.config import ScenarioConfig
 from envs.sim.engine import Engine
 from envs.sim.flight import Flight
@@ -51,6 +52,7 @@ class Cluster:
         self.scenario = scenario
         self.env = simpy.Environment()
         self.records: list[RequestRecord] = []
+        self.rejections: list[Rejection] = []  # requests turned away (all workers of a pool busy)
         self.block_tokens = block_tokens
         self.sources = TrafficSources(
             self.env, sessions, scenario, self._dispatch, lambda: self._num_dispatched
@@ -59,6 +61,7 @@ class Cluster:
         self._num_dispatched = 0
         self._num_first_tokens = 0
         self._knobs = Knobs.from_config(scenario.router)
+        self._busy = BusyThresholds.of(scenario.router)
         self._progress: ProgressHook | None = None
         self._pending_sources: dict[int, Sequence] = {}
         self._decode_knobs_for: Knobs | None = None  # see `_decode_knobs`
@@ -172,6 +175,15 @@ class Cluster:
         """Route every request from now on with the scenario's knobs plus this override."""
         self._knobs = merge_override(self.scenario.router, override)
 
+    @property
+    def busy_thresholds(self) -> BusyThresholds:
+        return self._busy
+
+    def set_busy_thresholds(self, update: dict[str, float | int | None]) -> None:
+        """Merge new busy thresholds in, as the frontend's `POST /busy_threshold` does; they hold
+        for every request routed from now on."""
+        self._busy = self._busy.merged(update)
+
     def on_progress(self, hook: ProgressHook) -> None:
         self._progress = hook
 
@@ -186,8 +198,8 @@ class Cluster:
 
     @property
     def num_in_flight(self) -> int:
-        """Requests sent and not yet finished (Dynamo's `inflight_requests`)."""
-        return self._num_dispatched - len(self.records)
+        """Requests sent and neither finished nor rejected (Dynamo's `inflight_requests`)."""
+        return self._num_dispatched - len(self.records) - len(self.rejections)
 
     @property
     def num_decode_tokens(self) -> int:
@@ -230,19 +242,26 @@ class Cluster:
         flight.seq_hashes = sequence_block_hashes(
             flight.prompt_hashes, turn.input_tokens, turn.output_tokens, bs, rid
         )
+        busy = busy_workers(self._busy, self.router, self.engines)
+        if len(busy) == len(self.router.workers) and busy:
+            self._reject(flight, self.router.stage)
+            return flight
         queue = self._queue
         if queue is not None and queue.should_queue(self._first_stage_loads()):
             queue.push(
                 flight, flight.arrival_s, self._uncached_tokens(flight) if queue.policy == "wspt" else 0
             )
         else:
-            self._route_first_stage(flight)
+            self._route_first_stage(flight, busy)
         return flight
 
-    def _route_first_stage(self, flight: Flight) -> None:
-        """Route a request to its (prefill or aggregated) worker with the knobs of its arrival."""
+    def _route_first_stage(self, flight: Flight, busy: frozenset[int] = frozenset()) -> None:
+        """Route a request to its (prefill or aggregated) worker with the knobs of its arrival,
+        among the workers that are not busy."""
         rid, now_s = flight.request_id, self.env.now
-        decision = self.router.route(rid, flight.input_tokens, flight.prompt_hashes, flight.knobs, now_s)
+        decision = self.router.route(
+            rid, flight.input_tokens, flight.prompt_hashes, flight.knobs, now_s, exclude=busy
+        )
         flight.decisions.append(decision)
         flight.prefill_worker = decision.chosen
         disagg = self.decode_router is not None
@@ -252,6 +271,15 @@ class Cluster:
         )
         seq.owner = flight
         self.engines[decision.chosen].submit(seq)
+
+    def _reject(self, flight: Flight, stage: Stage) -> None:
+        """Every worker of the pool is busy: Dynamo answers 529 and the request ends here."""
+        flight.rejected = True
+        self.rejections.append(
+            Rejection(flight.request_id, flight.session_id, flight.turn, self.env.now, stage)
+        )
+        assert flight.done is not None
+        flight.done.succeed()
 
     def _first_stage_loads(self) -> list[WorkerLoad]:
         return [self.router.loads[w] for w in self.router.workers]
@@ -308,9 +336,16 @@ class Cluster:
     def _hand_off(self, flight: Flight, prefill_seq: Sequence, now_s: float) -> None:
         """Prefill finished: pick a decode worker and move the prompt's KV blocks there."""
         assert self.decode_router is not None
+        busy = busy_workers(self._busy, self.decode_router, self.engines)
+        if busy and len(busy) == len(self.decode_router.workers):
+            # Turned away after its prefill: the prompt's blocks are freed on the prefill worker.
+            self.engines[flight.prefill_worker].release_at_boundary(prefill_seq)
+            self.scaler.check_retired(flight.prefill_worker)
+            self._reject(flight, Stage.DECODE)
+            return
         knobs = self._decode_knobs(flight.knobs)  # from the knobs in force at arrival
         decision = self.decode_router.route(
-            flight.request_id, flight.input_tokens, flight.prompt_hashes, knobs, now_s
+            flight.request_id, flight.input_tokens, flight.prompt_hashes, knobs, now_s, exclude=busy
         )
         flight.decisions.append(decision)
         flight.decode_worker = decision.chosen

@@ -201,6 +201,26 @@ class RouterConfig:
     # oldest first, wspt the fewest uncached prompt tokens first (Smith's rule), lcfs the newest.
     router_queue_threshold: float | None = Field(None, ge=0, allow_inf_nan=False)
     router_queue_policy: Literal["fcfs", "wspt", "lcfs"] = "fcfs"
+    # Dynamo's busy thresholds (`--active-decode-blocks-threshold` etc., `POST /busy_threshold`;
+    # envs/sim/busy.py): busy workers are passed over, and a request finding its pool all busy is
+    # rejected. Unset, nothing is rejected.
+    active_decode_blocks_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    active_prefill_tokens_threshold: int | None = Field(None, ge=0)
+    active_prefill_tokens_threshold_frac: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _busy_needs_dynamo_router(self) -> RouterConfig:
+        busy = (
+            self.active_decode_blocks_threshold,
+            self.active_prefill_tokens_threshold,
+            self.active_prefill_tokens_threshold_frac,
+        )
+        if self.mode in ("cache_aware", "llm_d") and any(v is not None for v in busy):
+            raise ValueError(
+                f"busy thresholds are Dynamo's frontend's; router mode {self.mode!r} has none "
+                "(leave active_*_threshold unset)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _only_v09_knobs(self) -> RouterConfig:
@@ -306,6 +326,9 @@ class WorkloadConfig:
     # interactive-user model). A fixed delay keeps closed-loop clients that start together in
     # lock-step, so load arrives in waves that alias with a 5-s control interval.
     inter_turn_delay: Literal["fixed", "exponential"] = "fixed"
+    # How long a client waits after Dynamo turns its request away (all workers busy, HTTP 529)
+    # before it sends the request again (chosen: the frontend sends no Retry-After).
+    retry_after_s: float = Field(1.0, gt=0, allow_inf_nan=False)
     trace_path: str | None = None
     trace_block_tokens: int = Field(512, gt=0)
     trace_time_scale: float = Field(1.0, gt=0)  # >1 compresses the trace's timeline

@@ -28,6 +28,7 @@ class Flight:
         "prefill_start_s",
         "prefill_worker",
         "prompt_hashes",
+        "rejected",
         "request_id",
         "seq_hashes",
         "session_id",
@@ -54,6 +55,7 @@ class Flight:
         self.prompt_hashes: tuple[int, ...] = ()
         self.seq_hashes: tuple[int, ...] = ()
         self.done: simpy.Event | None = None
+        self.rejected = False  # turned away by a pool whose workers were all busy (HTTP 529)
 
     def record(self, num_preemptions: int, last_token_s: float) -> RequestRecord:
         """The immutable record of the finished request."""

@@ -13,7 +13,8 @@ the sidecar, the exporters and the cross-check.
   `low_i + (a_i + 1) / 2 * (high_i - low_i)` over its `KnobRange`.
 - **Levers** (`LEVERS`): actions beyond the router's per-request knobs, mapped the same way but
   applied by the environment on their own cadence: `num_prefill_workers` splits a fixed budget of
-  workers between the prefill and decode pools (Dynamo's Planner's move, `envs.sim.scaling`).
+  workers between the prefill and decode pools (Dynamo's Planner's move, `envs.sim.scaling`);
+  `active_prefill_tokens_threshold_frac` is the frontend's busy threshold (`envs.sim.busy`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ ALL_KNOBS: tuple[str, ...] = (
     "router_temperature",
 )
 # Actions that are not router knobs: the environment applies them itself (see the docstring).
-LEVERS: tuple[str, ...] = ("num_prefill_workers",)
+LEVERS: tuple[str, ...] = ("num_prefill_workers", "active_prefill_tokens_threshold_frac")
 # What v0.9's weight is in 1.6.1's formula.
 V09_TO_V16_NAMES: dict[str, str] = {"overlap_score_weight": "prefill_load_scale"}
 # The fields of `router_config_override` each release accepts: 1.6.1's also takes the v0.9 name

@@ -199,22 +199,31 @@ class Router:
         self._booked: dict[int, tuple[int, int, tuple[int, ...], int]] = {}
 
     def route(
-        self, request_id: int, isl_tokens: int, block_hashes: tuple[int, ...], knobs: Knobs, now_s: float
+        self,
+        request_id: int,
+        isl_tokens: int,
+        block_hashes: tuple[int, ...],
+        knobs: Knobs,
+        now_s: float,
+        exclude: frozenset[int] = frozenset(),
     ) -> RouteDecision:
-        """Pick a worker for a request and book its load there."""
+        """Pick a worker for a request and book its load there; `exclude` names workers that are
+        not candidates this time (Dynamo's busy workers), and must leave one."""
         mode = self.config.mode
         num_full = isl_tokens // self.block_size
-        workers, overlap = self.workers, self._overlap
+        overlap = self._overlap
+        workers = [w for w in self.workers if w not in exclude] if exclude else self.workers
+        candidates = tuple(workers) if exclude else self._candidates
         loads = [self.loads[w] for w in workers]
         # The true overlap goes into the record (PoA-hat prices cache hits whatever the knobs);
         # the router itself sees none when the credit is 0, since Dynamo then has no indexer.
         overlaps = [overlap(w, block_hashes, num_full) for w in workers]
         if mode == "kv":
-            seen = overlaps if knobs.overlap_score_credit > 0 else [0] * len(self.workers)
+            seen = overlaps if knobs.overlap_score_credit > 0 else [0] * len(workers)
             new_blocks = self._new_blocks(loads, block_hashes, num_full, knobs)
-            tiers = self._tier_overlaps(seen, block_hashes, num_full, knobs)
+            tiers = self._tier_overlaps(workers, seen, block_hashes, num_full, knobs)
             costs = kv_costs(loads, seen, new_blocks, isl_tokens, self.block_size, knobs, self.config, tiers)
-            sizes = _TreeSizes(self.tree_size, self.workers) if self.tree_size is not None else None
+            sizes = _TreeSizes(self.tree_size, workers) if self.tree_size is not None else None
             index = select_index(costs, knobs.router_temperature, self._rng, sizes)
         elif mode in CLASSIC_MODES:
             # SGLang's and llm-d's routers see the true overlap (envs.sim.router_classic).
@@ -222,16 +231,16 @@ class Router:
             in_flight = [load.active_requests for load in loads]
             index, costs = self._classic.select(in_flight, overlaps, isl_tokens, block_hashes[:num_full])
         else:
-            seen = [0] * len(self.workers)
+            seen = [0] * len(workers)
             costs = [float(load.active_requests) for load in loads]
-            index = self._pick_baseline(mode, costs)
-        chosen = self.workers[index]
+            index = self._pick_baseline(mode, costs, len(workers))
+        chosen = workers[index]
         self._book(request_id, chosen, isl_tokens, block_hashes[:num_full], seen[index], knobs)
         return RouteDecision(
             self.stage,
             now_s,
             chosen,
-            self._candidates,
+            candidates,
             tuple(costs),
             tuple(overlaps),
             knobs.overlap_score_credit,
@@ -263,26 +272,30 @@ class Router:
         self._tier_overlap = oracle
 
     def _tier_overlaps(
-        self, device: list[int], block_hashes: tuple[int, ...], num_full: int, knobs: Knobs
+        self,
+        workers: list[int],
+        device: list[int],
+        block_hashes: tuple[int, ...],
+        num_full: int,
+        knobs: Knobs,
     ) -> list[tuple[int, int]] | None:
         """Each worker's (host, disk) blocks continuing its device match; None without tiers or
         with the indexer off (credit 0)."""
         oracle = self._tier_overlap
         if oracle is None or knobs.overlap_score_credit <= 0:
             return None
-        return [oracle(w, block_hashes, d, num_full) for w, d in zip(self.workers, device, strict=True)]
+        return [oracle(w, block_hashes, d, num_full) for w, d in zip(workers, device, strict=True)]
 
-    def _pick_baseline(self, mode: str, active: list[float]) -> int:
+    def _pick_baseline(self, mode: str, active: list[float], n: int) -> int:
         if mode == "round_robin":
-            index = self._next_rr % len(self.workers)
+            index = self._next_rr % n
             self._next_rr += 1
             return index
         if mode == "random":
-            return int(self._rng.integers(len(self.workers)))
+            return int(self._rng.integers(n))
         if mode == "power_of_two":
-            if len(self.workers) == 1:
+            if n == 1:
                 return 0
-            n = len(self.workers)
             a = int(self._rng.integers(n))
             b = (a + 1 + int(self._rng.integers(n - 1))) % n
             return a if active[a] <= active[b] else b

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from envs.sim.busy import Rejection
 from envs.sim.cluster import Cluster, ProgressHook
 from envs.sim.config import ScenarioConfig
 from envs.sim.profile_arrays import ProfileArrays
@@ -27,6 +28,7 @@ class SimResult:
     records: tuple[RequestRecord, ...]
     engine_stats: tuple[EngineStats, ...]
     sim_time_s: float
+    rejections: tuple[Rejection, ...] = ()  # requests Dynamo's busy thresholds turned away
 
 
 def random_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -86,7 +88,12 @@ def simulate(
     if progress is not None:
         cluster.on_progress(progress)
     cluster.env.run()
-    return SimResult(tuple(cluster.records), tuple(e.stats for e in cluster.engines), cluster.env.now)
+    return SimResult(
+        tuple(cluster.records),
+        tuple(e.stats for e in cluster.engines),
+        cluster.env.now,
+        tuple(cluster.rejections),
+    )
 
 
 def materialize_sessions(scenario: ScenarioConfig, block_tokens: int) -> list[Session]:

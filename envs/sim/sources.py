@@ -1,5 +1,6 @@
 """Where requests come from: open-loop arrivals and closed-loop clients, each running sessions
-turn by turn (a turn waits for the previous one to finish, then its think time)."""
+turn by turn (a turn waits for the previous one to finish, then its think time; a turn Dynamo
+turns away, all workers busy, is sent again after `workload.retry_after_s`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from envs.sim.workload import Session, Turn
 
 class Dispatched(Protocol):
     done: simpy.Event | None
+    rejected: bool
 
 
 Dispatch = Callable[[int, int, Turn], Dispatched]
@@ -98,10 +100,15 @@ class TrafficSources:
         self._num_live -= 1
 
     def _run_session(self, session: Session):
+        retry_after_s = self._scenario.workload.retry_after_s
         for turn_index, turn in enumerate(session.turns):
             if turn_index and turn.delay_s > 0:
                 yield self.env.timeout(turn.delay_s)
-            if not self.accepting():
-                return
-            flight = self._dispatch(session.session_id, turn_index, turn)
-            yield flight.done
+            while True:  # a turned-away request is sent again after retry_after_s
+                if not self.accepting():
+                    return
+                flight = self._dispatch(session.session_id, turn_index, turn)
+                yield flight.done
+                if not flight.rejected:
+                    break
+                yield self.env.timeout(retry_after_s)
