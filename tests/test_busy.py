@@ -157,7 +157,7 @@ def test_the_busy_lever_sheds_load_and_its_top_is_no_threshold():
     assert off_records == plain_records  # the top of the range is no shedding, bit for bit
     assert lever._cluster.busy_thresholds.active_prefill_tokens_threshold_frac == UNBOUNDED_FRAC
     assert all(info["num_rejected"] == 0 for info in off_infos) and "num_rejected" not in plain_infos[0]
-    shed_records, shed_infos = episode(lever, np.array([0.0, -1.0, -1.0], np.float32))  # frac 0.5
+    _, shed_infos = episode(lever, np.array([0.0, -1.0, -1.0], np.float32))  # frac 0.5
     assert sum(info["num_rejected"] for info in shed_infos) > 100
     # Shedding at the one prefill worker cuts TTFT P99 once the queue built before it drains.
     assert shed_infos[-1]["ttft_p99_s"] < 0.5 * plain_infos[-1]["ttft_p99_s"]

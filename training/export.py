@@ -203,7 +203,18 @@ def write_actor_onnx(actor: torch.nn.Module, num_features: int, path: Path) -> N
             verbose=False,
         )
         program.save(str(path))
+    _drop_stack_traces(path)
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def _drop_stack_traces(path: Path) -> None:
+    """torch's exporter records each node's stack trace: the exporting machine's file paths."""
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
 
 
 @contextlib.contextmanager
