@@ -187,7 +187,12 @@ def test_the_cli_names_what_is_wrong_without_a_traceback(tmp_path):
         run_cli("sidecar", "--policy", "knee", "--workdir", str(missing)), "no deployment recorded"
     )
     assert_user_error(
+        # A frontend alone is plain Dynamo (no knob router), which still needs the model's name.
         run_cli("sidecar", "--policy", "knee", "--frontend-url", "http://127.0.0.1:9"),
-        "frontend_url, control_url and model_name go together",
+        "--frontend-url: also give --model-name",
+    )
+    assert_user_error(
+        run_cli("sidecar", "--policy", "knee", "--frontend-url", "http://127.0.0.1:9", "--model-name", "m"),
+        "http://127.0.0.1:9",
     )
     assert_user_error(run_cli("bench", "--sidecar", "--policy", str(missing)), "no policy.json", str(missing))

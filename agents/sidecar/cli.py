@@ -4,6 +4,11 @@
     poa-gym sidecar --policy checkpoints/default                     # its workdir: .dynamo-live
     poa-gym sidecar --policy knee --frontend-url http://fe:8000 --control-url http://kr:9100 \\
         --model-name llama-70b --token-file /etc/poa-gym/token       # a GPU cluster
+
+On plain Dynamo (`poa-gym dynamo up SCENARIO --layout dynamo`, or `--frontend-url` without
+`--control-url`) there is no knob router: the sidecar then sets only the busy threshold, through
+the frontend's own `POST /busy_threshold`, e.g.
+`--policy static:active_prefill_tokens_threshold_frac=0.5`.
 """
 
 from __future__ import annotations
@@ -80,12 +85,12 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
 def build_sidecar(args: argparse.Namespace) -> Any:
     """The sidecar the flags describe, its deployment checked reachable (UserError otherwise)."""
     from agents.sidecar.decider import Decider, DeciderConfig
-    from agents.sidecar.policies import DYNAMO_DEFAULT_KNOBS, load_policy, parse_knob_values
+    from agents.sidecar.policies import SAFE_DEFAULTS, load_policy, parse_knob_values
     from agents.sidecar.service import Sidecar, SidecarConfig
 
     endpoints = _endpoints(args)
     try:
-        safe = DYNAMO_DEFAULT_KNOBS | parse_knob_values(args.safe, "--safe")
+        safe = SAFE_DEFAULTS | parse_knob_values(args.safe, "--safe")
         policy = load_policy(args.policy, safe)
         interval_s = args.interval_s or getattr(policy.policy, "control_interval_s", None) or 5.0
         token = Path(args.token_file).read_text().strip() if args.token_file else endpoints.token
@@ -101,17 +106,39 @@ def build_sidecar(args: argparse.Namespace) -> Any:
             host=args.host,
             port=args.port,
         )
+        if endpoints.control_url is None:
+            _check_hop_free(policy)
         decider = Decider(policy, DeciderConfig(safe, args.stale_intervals))
     except (ValueError, OSError) as error:  # PolicyLoadError is both a ValueError and a UserError
         raise UserError(str(error)) from None
     return Sidecar(config, decider, args.policy)
 
 
+def _check_hop_free(policy: Any) -> None:
+    from envs.sim.knobs import LEVERS
+
+    router_knobs = [k.name for k in policy.context.knobs if k.name not in LEVERS]
+    if router_knobs:
+        raise UserError(
+            f"--policy {policy.name}: sets router knobs {router_knobs}, which need the knob router; "
+            "this deployment has none (plain Dynamo), so only active_prefill_tokens_threshold_frac "
+            "can be set (e.g. static:active_prefill_tokens_threshold_frac=0.5)"
+        )
+
+
 def _endpoints(args: argparse.Namespace) -> Any:
-    """The deployment's endpoints, checked: the frontend serves the model, the knob router answers."""
+    """The deployment's endpoints, checked: the frontend serves the model, the knob router answers
+    (on plain Dynamo there is none: `control_url` is None)."""
     from envs.live.backend import LiveBackend, LiveConfig
 
     explicit = args.frontend_url is not None
+    if explicit and args.control_url is None:
+        return _plain_endpoints(args)
+    if not explicit and (Path(args.workdir) / "deployment.json").is_file():
+        from envs.live.deploy import Deployment
+
+        if Deployment.load(Path(args.workdir).resolve()).layout == "dynamo":
+            return _plain_endpoints(args)
     try:
         config = LiveConfig(
             workdir=None if explicit else args.workdir,
@@ -124,3 +151,32 @@ def _endpoints(args: argparse.Namespace) -> Any:
         return LiveBackend(config).endpoints
     except (ValueError, OSError) as error:  # DeploymentError and Unreachable are UserErrors
         raise UserError(str(error)) from None
+
+
+def _plain_endpoints(args: argparse.Namespace) -> Any:
+    """A plain Dynamo deployment's endpoints (no knob router), its frontend checked."""
+    import dataclasses
+    import json
+    import urllib.request
+
+    from envs.live.backend import Endpoints, LiveConfig, resolve
+
+    try:
+        if args.frontend_url is not None:
+            if not args.model_name:
+                raise UserError("--frontend-url: also give --model-name")
+            token = Path(args.token_file).read_text().strip() if args.token_file else ""
+            ends = Endpoints(
+                args.frontend_url.rstrip("/"), None, args.model_name, token, args.speedup or 1.0, None
+            )
+        else:
+            ends = dataclasses.replace(
+                resolve(LiveConfig(workdir=args.workdir, speedup=args.speedup)), control_url=None
+            )
+        with urllib.request.urlopen(ends.frontend_url + "/v1/models", timeout=5.0) as response:
+            served = [m.get("id") for m in json.loads(response.read()).get("data", [])]
+    except (ValueError, OSError) as error:
+        raise UserError(f"{args.frontend_url or args.workdir}: {error}") from None
+    if ends.model_name not in served:
+        raise UserError(f"{ends.frontend_url}: does not serve model {ends.model_name!r} (it serves {served})")
+    return ends

@@ -19,6 +19,7 @@ import numpy as np
 from agents.base import Policy, PolicyContext
 from agents.onnx_policy import POLICY_JSON, OnnxPolicy, find_export_dir
 from envs.errors import UserError
+from envs.levers import BUSY_LEVER, BUSY_RANGE
 from envs.observation import HISTORY_FEATURES, ObservationConfig
 from envs.sim.config import RouterConfig
 from envs.sim.knobs import (
@@ -33,6 +34,9 @@ from envs.sim.knobs import (
 NAMED = ("knee", "default")
 # Dynamo 1.6.1's own values of its per-request knobs: the safe setting unless told otherwise.
 DYNAMO_DEFAULT_KNOBS: dict[str, float] = knob_values(RouterConfig(), RELEASE_KNOBS["dynamo-1.6"])
+# The safe setting of every knob the sidecar can set: the busy lever's is the top of its range,
+# no shedding (Dynamo's default).
+SAFE_DEFAULTS: dict[str, float] = DYNAMO_DEFAULT_KNOBS | {BUSY_LEVER: BUSY_RANGE[1]}
 
 
 class PolicyLoadError(UserError, ValueError):
@@ -79,6 +83,9 @@ def _named(spec: str, safe_knobs: Mapping[str, float]) -> LoadedPolicy:
     from agents.registry import resolve
 
     knobs = default_knobs(RouterConfig())
+    if spec.startswith("static:") and BUSY_LEVER in spec:
+        # A fixed busy threshold alone: the one lever that needs no knob router.
+        knobs = (KnobRange(BUSY_LEVER, *BUSY_RANGE),)
     observation = ObservationConfig(tuple(k.name for k in knobs))
     context = _context(knobs, observation, safe_knobs)
     try:
@@ -134,10 +141,10 @@ def parse_knob_values(text: str, field: str) -> dict[str, float]:
     values: dict[str, float] = {}
     for token in filter(None, (t.strip() for t in text.split(","))):
         name, sep, raw = (part.strip() for part in token.partition("="))
-        if not sep or name not in DYNAMO_DEFAULT_KNOBS:
+        if not sep or name not in SAFE_DEFAULTS:
             raise PolicyLoadError(
                 f"{field}: expected KNOB=VALUE with KNOB one of "
-                f"{', '.join(DYNAMO_DEFAULT_KNOBS)}, got {token!r}"
+                f"{', '.join(SAFE_DEFAULTS)}, got {token!r}"
             )
         try:
             values[name] = check_knob_value(name, float(raw))

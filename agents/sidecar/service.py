@@ -5,6 +5,11 @@ timeout), turn them into a snapshot (`envs.live.snapshot`), let the `Decider` de
 `PUT /knobs` on the knob router. The knobs are put every interval, not only on change, so a knob
 router that restarted with its start-up knobs is corrected within one interval.
 
+The busy lever (`active_prefill_tokens_threshold_frac`, `envs.levers`) goes to the frontend
+itself with `POST /busy_threshold`: no hop on the request path, so it also runs on plain Dynamo
+(`poa-gym dynamo up --layout dynamo`, no knob router: `control_url` None), where it is the only
+knob the sidecar may set.
+
 The sidecar's own server binds 127.0.0.1 unless told otherwise and serves `GET /metrics`
 (Prometheus text), `GET /health` (JSON) and `PUT /mode` (`{"mode": "safe"|"policy"}`, bearer
 token): the one endpoint that changes behaviour.
@@ -26,7 +31,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from agents.sidecar.decider import FAULTS, Decider, Decision
 from agents.sidecar.policies import PolicyLoadError, load_policy
+from envs.levers import BUSY_LEVER, UNBOUNDED_FRAC
 from envs.live.snapshot import live_snapshot
+from envs.sim.knobs import split_levers
 
 log = logging.getLogger("poa_gym.sidecar")
 # Decision latency buckets: the target is p99 under 1 ms.
@@ -38,7 +45,7 @@ class SidecarConfig:
     """Where the deployment is and how often to decide; validated on construction."""
 
     frontend_url: str
-    control_url: str  # the knob router's control server
+    control_url: str | None  # the knob router's control server; None on plain Dynamo
     model_name: str
     router_token: str  # the knob router's bearer token (PUT /knobs)
     token: str  # this sidecar's bearer token (PUT /mode)
@@ -92,7 +99,7 @@ class SidecarMetrics:
         )
         self.read_failures = Counter("poa_gym_sidecar_read_failures", "metrics reads that failed", registry=r)
         self.apply_failures = Counter(
-            "poa_gym_sidecar_apply_failures", "knob updates the knob router did not take", registry=r
+            "poa_gym_sidecar_apply_failures", "knob updates the deployment did not take", registry=r
         )
         self.policy = Gauge("poa_gym_sidecar_policy_info", "the policy running", ["policy"], registry=r)
         self.policy.labels(policy_name).set(1)
@@ -171,6 +178,8 @@ class Sidecar:
     async def _adopt_router_knobs(self, session: Any) -> None:
         """Start from the knobs the router has in force: the policy's first observation names
         them as the last action."""
+        if self.config.control_url is None:
+            return
         try:
             knobs = json.loads(await _get_text(session, self.config.control_url + "/knobs"))
             self.decider.adopt_knobs(knobs)
@@ -182,29 +191,36 @@ class Sidecar:
 
     async def _read(self, session: Any) -> Any:
         config = self.config
-        frontend, router = await asyncio.gather(
-            _get_text(session, config.frontend_metrics_url),
-            _get_text(session, config.control_url + "/metrics"),
-        )
+        if config.control_url is None:
+            frontend, router = await _get_text(session, config.frontend_metrics_url), ""
+        else:
+            frontend, router = await asyncio.gather(
+                _get_text(session, config.frontend_metrics_url),
+                _get_text(session, config.control_url + "/metrics"),
+            )
         time_s = (time.monotonic() - self._t0_s) * config.speedup
         return live_snapshot(frontend, router, config.model_name, time_s, config.speedup)
 
     async def _apply(self, session: Any, knobs: dict[str, float]) -> None:
-        headers = {"Authorization": f"Bearer {self.config.router_token}"}
+        config = self.config
+        override, levers = split_levers(knobs)
         try:
-            async with session.put(
-                self.config.control_url + "/knobs", json=knobs, headers=headers
-            ) as response:
-                if response.status != 200:
-                    raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
+            if override and config.control_url is not None:
+                headers = {"Authorization": f"Bearer {config.router_token}"}
+                await _send(session.put(config.control_url + "/knobs", json=override, headers=headers))
+            if BUSY_LEVER in levers:
+                frac = levers[BUSY_LEVER]  # the top of the policy's range is "no shedding"
+                off_at = next(k.high for k in self.decider.policy.context.knobs if k.name == BUSY_LEVER)
+                body = {"model": config.model_name, BUSY_LEVER: frac if frac < off_at else UNBOUNDED_FRAC}
+                await _send(session.post(config.frontend_url.rstrip("/") + "/busy_threshold", json=body))
         except Exception as error:
             self.metrics.apply_failures.inc()
             if not self._apply_failing:
-                log.warning("the knob router did not take the knobs (%s); retrying every interval", error)
+                log.warning("the deployment did not take the knobs (%s); retrying every interval", error)
             self._apply_failing = True
             return
         if self._apply_failing:
-            log.info("the knob router takes the knobs again")
+            log.info("the deployment takes the knobs again")
         self._apply_failing = False
 
     def _check_reload(self) -> None:
@@ -270,6 +286,12 @@ def control_app(sidecar: Sidecar) -> Any:
     app = web.Application()
     app.add_routes([web.get("/metrics", metrics), web.get("/health", health), web.put("/mode", put_mode)])
     return app
+
+
+async def _send(request: Any) -> None:
+    async with request as response:
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
 
 
 async def _get_text(session: Any, url: str) -> str:

@@ -29,6 +29,8 @@ from typing import Any
 
 from envs.sim.workload import Session, Turn
 
+OVERLOAD_STATUS = 529  # Dynamo's answer when every worker is busy (DYN_HTTP_OVERLOAD_STATUS_CODE)
+
 
 @dataclass(frozen=True, slots=True)
 class LiveCompletion:
@@ -50,6 +52,11 @@ class LiveCompletion:
     @property
     def ok(self) -> bool:
         return not self.error
+
+    @property
+    def rejected(self) -> bool:
+        """Dynamo turned it away: every worker was busy (its overload status, 529)."""
+        return self.error.startswith(f"HTTP {OVERLOAD_STATUS}")
 
 
 def block_text(hash_id: int, block_tokens: int) -> str:
@@ -74,9 +81,16 @@ class ClosedLoopClients:
         block_tokens: int,
         speedup: float = 1.0,
         request_timeout_s: float = 60.0,
+        retry_after_s: float | None = None,
     ) -> None:
+        """`retry_after_s` (scenario seconds): a request Dynamo turns away (529) is sent again
+        that long after, as the simulator's clients do (`workload.retry_after_s`); None sends
+        the next turn instead."""
         if not speedup > 0 or not request_timeout_s > 0:
             raise ValueError("speedup and request_timeout_s must be > 0")
+        if retry_after_s is not None and not retry_after_s > 0:
+            raise ValueError(f"retry_after_s must be > 0, got {retry_after_s}")
+        self._retry_after_s = retry_after_s
         self._url = frontend_url.rstrip("/") + "/v1/completions"
         self._model = model_name
         self._sessions = sessions
@@ -157,11 +171,15 @@ class ClosedLoopClients:
             for turn_index, turn in enumerate(session.turns):
                 if turn_index and turn.delay_s > 0:
                     await asyncio.sleep(turn.delay_s / self._speedup)
-                if index >= self._target:
-                    return
-                completion = await self._send(session.session_id, turn_index, turn)
-                with self._lock:
-                    self._done.append(completion)
+                while True:
+                    if index >= self._target:
+                        return
+                    completion = await self._send(session.session_id, turn_index, turn)
+                    with self._lock:
+                        self._done.append(completion)
+                    if not completion.rejected or self._retry_after_s is None:
+                        break
+                    await asyncio.sleep(self._retry_after_s / self._speedup)
 
     async def _send(self, session_id: int, turn_index: int, turn: Turn) -> LiveCompletion:
         body = {

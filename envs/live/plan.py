@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from envs.sim.busy import BusyThresholds
 from envs.sim.config import EngineConfig, ScenarioConfig
 from envs.sim.knobs import RELEASE_KNOBS, knob_values, kv_router_config_kwargs
 
@@ -82,6 +83,13 @@ class PlanInputs:
             raise ValueError(
                 f"router.mode: a live deployment uses Dynamo's KV router, not {self.scenario.router.mode!r}"
             )
+        if self.layout == "knob-router" and BusyThresholds.of(self.scenario.router).enabled:
+            raise ValueError(
+                "router.active_*_threshold: busy thresholds act at Dynamo's frontend, which sees only "
+                "the knob router in this layout; run them with --layout dynamo"
+            )
+        if self.scenario.router.router_queue_policy == "lcfs":
+            raise ValueError("router.router_queue_policy: Dynamo 1.6.1's frontend takes fcfs or wspt")
         if self.scenario.timing.kind == "profile" and self.profile_npz is None:
             raise ValueError("a profile-timed scenario needs its profile exported as an NPZ")
         if (
@@ -211,4 +219,10 @@ def _frontend(inputs: PlanInputs) -> ProcessSpec:
     argv += ["--router-prefill-load-scale", f"{router.prefill_load_scale:g}"]
     argv += ["--router-decode-active-request-weight", f"{router.decode_active_request_weight:g}"]
     argv += ["--router-temperature", f"{router.router_temperature:g}"]
+    if router.router_queue_threshold is not None:
+        argv += ["--router-queue-threshold", f"{router.router_queue_threshold:g}"]
+        argv += ["--router-queue-policy", router.router_queue_policy]
+    for name, value in asdict(BusyThresholds.of(router)).items():
+        if value is not None:
+            argv += ["--" + name.replace("_", "-"), f"{value:g}"]
     return ProcessSpec("frontend", tuple(argv))

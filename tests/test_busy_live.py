@@ -1,0 +1,74 @@
+"""Busy thresholds on a real Dynamo 1.6.1 frontend (plain Dynamo, `--layout dynamo`): the sidecar
+sets them hop-free through `POST /busy_threshold`, and the simulator's rule matches the frontend's.
+
+Oracles: the frontend's own `GET /busy_threshold` (the sidecar's value reached it); the reference
+system, Dynamo's frontend with mocker workers, against the simulator on the same scenario, clients
+and run length (`eval.busy_check`): both turn requests away at the threshold, none without it, and
+they agree on the share turned away and the requests completed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from envs.live.deploy import down, dynamo_installed, up
+from envs.scenarios import load_scenario
+from eval.busy_check import closed_loop, live, simulated
+
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(not dynamo_installed(), reason="ai-dynamo not installed (run `make dynamo`)"),
+]
+
+SCENARIO = "agg-4w-prefix"
+NUM_CLIENTS = 32
+DURATION_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("busy")
+    config, _ = load_scenario(SCENARIO, [])
+    deployment = up(config, workdir, layout="dynamo", timeout_s=120)
+    try:
+        yield deployment
+    finally:
+        down(workdir)
+
+
+def thresholds(deployment) -> dict:
+    with urllib.request.urlopen(deployment.frontend_url + "/busy_threshold", timeout=5) as response:
+        return json.loads(response.read())["thresholds"][0]
+
+
+def test_the_sidecar_sets_the_busy_threshold_on_the_frontend_without_a_knob_router(deployment):
+    assert thresholds(deployment)["active_prefill_tokens_threshold_frac"] is None
+    argv = [sys.executable, "-m", "eval.cli", "sidecar", "--workdir", deployment.workdir]
+    argv += ["--policy", "static:active_prefill_tokens_threshold_frac=0.75", "--intervals", "2"]
+    argv += ["--interval-s", "0.5"]
+    subprocess.run(argv, check=True, timeout=60, capture_output=True)
+    assert thresholds(deployment)["active_prefill_tokens_threshold_frac"] == 0.75
+    refused = subprocess.run(
+        [*argv[:5], "--policy", "knee", "--intervals", "1"], timeout=60, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "need the knob router" in refused.stderr
+
+
+def outcomes(deployment, frac: float):
+    scenario, _ = load_scenario(SCENARIO, [f"router.active_prefill_tokens_threshold_frac={frac}"])
+    scenario = closed_loop(scenario, NUM_CLIENTS, DURATION_S)
+    return simulated(scenario), live(scenario, deployment)
+
+
+def test_the_simulator_turns_away_what_dynamos_frontend_turns_away(deployment):
+    sim, real = outcomes(deployment, 0.25)  # busy past 2048 active prefill tokens: one prompt
+    assert sim.num_rejected > 10 and real.num_rejected > 10
+    assert abs(sim.rejected_share - real.rejected_share) < 0.04
+    assert abs(real.throughput_rps / sim.throughput_rps - 1) < 0.10
+    sim_off, real_off = outcomes(deployment, 1e6)  # a threshold no load reaches
+    assert sim_off.num_rejected == 0 and real_off.num_rejected == 0
