@@ -13,7 +13,9 @@ Default knobs: `overlap_score_credit` [0, 8], `prefill_load_scale` [0, 8], `rout
 [0, 1] (Dynamo 1.6.1); for `router_semantics: dynamo-0.9` scenarios, `overlap_score_weight`
 [0, 2] and `router_temperature` [0, 1]. Configurable with `knobs`, which may add the lever
 `num_prefill_workers` (`envs.levers`): the prefill pool's share of `scaling.max_workers`, moved
-every `lever_every` intervals with Dynamo's start-up and drain costs.
+every `lever_every` intervals with Dynamo's start-up and drain costs; and the lever
+`active_prefill_tokens_threshold_frac`, Dynamo's busy threshold, set every interval (the top of
+its range is no shedding; requests turned away are counted in `info["num_rejected"]`).
 
 ## Observation space
 `Box(-inf, inf, (n,), float32)` built by `envs.observation` (schema v1) from two metrics

@@ -14,6 +14,7 @@ the resident memory of the sidecar, the knob router and the frontend.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,54 @@ def bench_request_path(
         finally:
             for deployment in deployments:
                 down(Path(deployment.workdir))
+    return [_pool(results) for results in raw.values()]
+
+
+HOP_FREE = "dynamo+busy-sidecar"
+
+
+def bench_hop_free(
+    scenario_name: str,
+    rates_rps: list[float],
+    duration_s: float,
+    speedup: float,
+    rounds: int = 2,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[LoadResult]:
+    """Plain Dynamo alone, then with `poa-gym sidecar` putting the busy threshold on its frontend
+    (`POST /busy_threshold`) every 0.1 s of wall clock, in alternation at each rate. The threshold
+    is the lever's "no shedding", so what differs is the sidecar's own traffic to the frontend."""
+    scenario, _ = load_scenario(scenario_name, [])
+    with tempfile.TemporaryDirectory(prefix="poa-gym-bench-") as root:
+        workdir = Path(root) / "dynamo"
+        progress("starting the plain Dynamo deployment")
+        deployment = up(scenario, workdir, speedup=speedup, layout="dynamo", timeout_s=120)
+        argv = [sys.executable, "-m", "eval.cli", "sidecar", "--workdir", str(workdir)]
+        argv += [
+            "--policy",
+            "static:active_prefill_tokens_threshold_frac=8",
+            "--interval-s",
+            f"{0.1 * speedup:g}",
+        ]
+        raw: dict[tuple[str, float], list[LoadResult]] = {}
+        try:
+            for round_index in range(rounds):
+                for rate in rates_rps:
+                    for label in ("dynamo", HOP_FREE):
+                        progress(f"round {round_index + 1}/{rounds}: {label} at {rate:g} req/s")
+                        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+                        sidecar = subprocess.Popen(argv, **quiet) if label == HOP_FREE else None
+                        if sidecar is not None:
+                            time.sleep(2.0)  # its start-up and first decisions
+                        try:
+                            result = asyncio.run(open_loop(deployment, rate, duration_s, seed=round_index))
+                        finally:
+                            if sidecar is not None:
+                                sidecar.terminate()
+                                sidecar.wait(timeout=10)
+                        raw.setdefault((label, rate), []).append(dataclasses.replace(result, layout=label))
+        finally:
+            down(workdir)
     return [_pool(results) for results in raw.values()]
 
 

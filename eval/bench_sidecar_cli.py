@@ -29,6 +29,11 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
         "--request-path", action="store_true", help="per-request latency, knob router vs plain Dynamo"
     )
     mode.add_argument("--soak", action="store_true", help="a steady load with the sidecar deciding")
+    group.add_argument(
+        "--hop-free",
+        action="store_true",
+        help="--request-path: plain Dynamo alone vs with the sidecar setting its busy threshold",
+    )
     group.add_argument("--policy", default="checkpoints/default", help="--sidecar/--soak: the policy")
     group.add_argument("--scenario", default="agg-4w-prefix", help="--request-path/--soak: the deployment")
     group.add_argument("--rates", default="100,200,300", help="requests per second (--soak: the first)")
@@ -84,13 +89,15 @@ def _decisions(args: argparse.Namespace) -> int:
 
 
 def _request_path(args: argparse.Namespace, rates: list[float]) -> int:
-    from eval.bench_live import bench_request_path
+    from eval.bench_live import HOP_FREE, bench_hop_free, bench_request_path
 
-    results = bench_request_path(args.scenario, rates, args.duration_s, args.speedup, progress=_progress)
+    bench = bench_hop_free if args.hop_free else bench_request_path
+    other = HOP_FREE if args.hop_free else "knob-router"
+    results = bench(args.scenario, rates, args.duration_s, args.speedup, progress=_progress)
     by_key = {(r.layout, r.rate_rps): r for r in results}
     rows = []
     for rate in rates:
-        base, knob = by_key[("dynamo", rate)], by_key[("knob-router", rate)]
+        base, knob = by_key[("dynamo", rate)], by_key[(other, rate)]
         rows.append(
             {
                 "rate_rps": rate,
@@ -105,7 +112,8 @@ def _request_path(args: argparse.Namespace, rates: list[float]) -> int:
     if args.json:
         out.print_json(json.dumps(rows))
         return 0
-    table = Table(title=f"request path on {args.scenario} (plain Dynamo / with the knob router)")
+    with_what = "with the sidecar's busy threshold" if args.hop_free else "with the knob router"
+    table = Table(title=f"request path on {args.scenario} (plain Dynamo / {with_what})")
     for column in ("req/s", "achieved", "failed", "p50 ms", "p99 ms", "added p50", "added p99"):
         table.add_column(column, justify="right")
     for row in rows:

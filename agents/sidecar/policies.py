@@ -143,8 +143,7 @@ def parse_knob_values(text: str, field: str) -> dict[str, float]:
         name, sep, raw = (part.strip() for part in token.partition("="))
         if not sep or name not in SAFE_DEFAULTS:
             raise PolicyLoadError(
-                f"{field}: expected KNOB=VALUE with KNOB one of "
-                f"{', '.join(SAFE_DEFAULTS)}, got {token!r}"
+                f"{field}: expected KNOB=VALUE with KNOB one of {', '.join(SAFE_DEFAULTS)}, got {token!r}"
             )
         try:
             values[name] = check_knob_value(name, float(raw))

@@ -231,11 +231,15 @@ class Cluster:
 
     # -- request flow -------------------------------------------------------------------------
 
-    def _dispatch(self, session_id: int, turn_index: int, turn: Turn) -> Flight:
+    def _dispatch(
+        self, session_id: int, turn_index: int, turn: Turn, first_sent_s: float | None = None
+    ) -> Flight:
         self._num_dispatched += 1
         rid = next(self._request_ids)
         knobs = self._knobs
         flight = Flight(rid, session_id, turn_index, self.env.now, turn, knobs)
+        if first_sent_s is not None:
+            flight.first_sent_s = first_sent_s
         flight.done = self.env.event()
         bs = self.block_size
         flight.prompt_hashes = prompt_block_hashes(turn.hash_ids, turn.input_tokens, self.block_tokens, bs)

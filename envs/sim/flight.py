@@ -19,6 +19,7 @@ class Flight:
         "decode_worker",
         "disk_cached_tokens",
         "done",
+        "first_sent_s",
         "first_token_s",
         "host_cached_tokens",
         "input_tokens",
@@ -44,6 +45,9 @@ class Flight:
         self.session_id = session_id
         self.turn = turn
         self.arrival_s = arrival_s
+        # When the client first sent this turn: earlier than `arrival_s` for a retry of a request
+        # Dynamo turned away (busy), so its record's TTFT is what the client waited.
+        self.first_sent_s = arrival_s
         self.input_tokens = spec.input_tokens
         self.output_tokens = spec.output_tokens
         self.decisions: list[RouteDecision] = []
@@ -63,7 +67,7 @@ class Flight:
             request_id=self.request_id,
             session_id=self.session_id,
             turn=self.turn,
-            arrival_s=self.arrival_s,
+            arrival_s=self.first_sent_s,
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             cached_tokens=self.cached_tokens,

@@ -16,9 +16,10 @@ from envs.sim.workload import Session, Turn
 class Dispatched(Protocol):
     done: simpy.Event | None
     rejected: bool
+    first_sent_s: float
 
 
-Dispatch = Callable[[int, int, Turn], Dispatched]
+Dispatch = Callable[[int, int, Turn, float | None], Dispatched]
 
 
 class TrafficSources:
@@ -104,11 +105,13 @@ class TrafficSources:
         for turn_index, turn in enumerate(session.turns):
             if turn_index and turn.delay_s > 0:
                 yield self.env.timeout(turn.delay_s)
+            first_sent_s = None
             while True:  # a turned-away request is sent again after retry_after_s
                 if not self.accepting():
                     return
-                flight = self._dispatch(session.session_id, turn_index, turn)
+                flight = self._dispatch(session.session_id, turn_index, turn, first_sent_s)
                 yield flight.done
                 if not flight.rejected:
                     break
+                first_sent_s = flight.first_sent_s
                 yield self.env.timeout(retry_after_s)
