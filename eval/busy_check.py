@@ -10,20 +10,22 @@ turned away, completed requests per second and mean TTFT.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from envs.live.deploy import Deployment
-from envs.live.loadgen import ClosedLoopClients, session_stream
+from envs.live.loadgen import ClosedLoopClients, LiveCompletion, send_turn, session_stream
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import summarize
 from envs.sim.run import build_cluster, random_streams
-from envs.sim.workload import SyntheticSessions
+from envs.sim.workload import SyntheticSessions, open_loop_starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +47,12 @@ class BusyOutcome:
         return self.num_completed / self.duration_s
 
 
-def closed_loop(scenario: ScenarioConfig, num_clients: int, duration_s: float) -> ScenarioConfig:
-    """The scenario as `num_clients` closed-loop clients sending for `duration_s`."""
+def open_loop(scenario: ScenarioConfig, rate_rps: float, duration_s: float) -> ScenarioConfig:
+    """The scenario as Poisson arrivals at `rate_rps` for `duration_s`, one turn a session."""
     workload = dataclasses.replace(
-        scenario.workload, arrival="closed_loop", concurrency=num_clients, num_requests=None
-    )
+        scenario.workload, arrival="poisson", rate_rps=rate_rps, concurrency=None, num_requests=None,
+        turns_per_session=1,
+    )  # fmt: skip
     return dataclasses.replace(scenario, workload=workload, duration_s=duration_s)
 
 
@@ -72,7 +75,12 @@ def live(scenario: ScenarioConfig, deployment: Deployment) -> BusyOutcome:
         )
     set_busy_thresholds(deployment, scenario)
     block_tokens = scenario.engine_for("prefill" if scenario.topology.mode == "disagg" else "agg").block_size
-    generator = SyntheticSessions(scenario.workload, block_tokens, random_streams(scenario.seed)["sessions"])
+    streams = random_streams(scenario.seed)
+    generator = SyntheticSessions(scenario.workload, block_tokens, streams["sessions"])
+    assert scenario.duration_s is not None
+    if scenario.workload.concurrency is None:
+        done = asyncio.run(_open_loop(scenario, deployment, generator, streams["arrivals"], block_tokens))
+        return _outcome(done, scenario.duration_s)
     clients = ClosedLoopClients(
         deployment.frontend_url,
         deployment.model_name,
@@ -81,19 +89,54 @@ def live(scenario: ScenarioConfig, deployment: Deployment) -> BusyOutcome:
         deployment.speedup,
         retry_after_s=scenario.workload.retry_after_s,
     )
-    assert scenario.duration_s is not None and scenario.workload.concurrency is not None
     clients.set_clients(scenario.workload.concurrency)
     time.sleep(scenario.duration_s / deployment.speedup)
     clients.set_clients(0)
     clients.close(grace_s=30.0)
-    done = clients.take()
+    return _outcome(clients.take(), scenario.duration_s)
+
+
+async def _open_loop(
+    scenario: ScenarioConfig, deployment: Deployment, generator: Any, arrivals: Any, block_tokens: int
+) -> list[LiveCompletion]:
+    """The simulator's open loop on the wall clock: the same session start times (the scenario
+    seed's `arrivals` stream), each turn sent again `retry_after_s` after a 529, until the end."""
+    import aiohttp
+
+    speedup, end_s = deployment.speedup, float(scenario.duration_s or 0.0)
+    retry_s = scenario.workload.retry_after_s
+    request = (deployment.frontend_url + "/v1/completions", deployment.model_name, block_tokens)
+    done: list[LiveCompletion] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        t0 = time.monotonic()
+
+        async def session(index: int, start_s: float) -> None:
+            turn = generator.session(index, start_s).turns[0]
+            while True:
+                completion = await send_turn(http, request, index, 0, turn)
+                done.append(completion)
+                if not completion.rejected or (time.monotonic() - t0) * speedup + retry_s >= end_s:
+                    return
+                await asyncio.sleep(retry_s / speedup)
+
+        tasks = []
+        for index, start_s in enumerate(open_loop_starts(scenario.workload, arrivals)):
+            if start_s >= end_s:
+                break
+            await asyncio.sleep(max(0.0, t0 + start_s / speedup - time.monotonic()))
+            tasks.append(asyncio.create_task(session(index, start_s)))
+        await asyncio.gather(*tasks)
+    return done
+
+
+def _outcome(done: list[LiveCompletion], duration_s: float) -> BusyOutcome:
     ok = [c for c in done if c.ok]
     ttft = [c.ttft_s for c in ok if c.ttft_s is not None]
     failed = [c for c in done if not c.ok and not c.rejected]
     if failed:
         raise RuntimeError(f"{len(failed)} requests failed otherwise than busy: {failed[0].error}")
     rejected = sum(c.rejected for c in done)
-    return BusyOutcome(len(ok), rejected, scenario.duration_s, float(np.mean(ttft)) if ttft else float("nan"))
+    return BusyOutcome(len(ok), rejected, duration_s, float(np.mean(ttft)) if ttft else float("nan"))
 
 
 def set_busy_thresholds(deployment: Deployment, scenario: ScenarioConfig) -> dict:

@@ -182,39 +182,37 @@ class ClosedLoopClients:
                     await asyncio.sleep(self._retry_after_s / self._speedup)
 
     async def _send(self, session_id: int, turn_index: int, turn: Turn) -> LiveCompletion:
-        body = {
-            "model": self._model,
-            "prompt": turn_prompt(turn, self._block_tokens),
-            "max_tokens": turn.output_tokens,
-            "nvext": {"extra_fields": ["worker_id", "timing"]},
-        }
-        sent = time.time()
+        request = (self._url, self._model, self._block_tokens)
+        return await send_turn(self._session_http, request, session_id, turn_index, turn)
 
-        def failed(error: str) -> LiveCompletion:
-            return LiveCompletion(
-                "",
-                session_id,
-                turn_index,
-                sent,
-                time.time(),
-                None,
-                turn.input_tokens,
-                0,
-                0,
-                None,
-                None,
-                error,
-            )
 
-        try:
-            async with self._session_http.post(self._url, json=body) as response:
-                text = await response.text()
-                if response.status != 200:
-                    return failed(f"HTTP {response.status}: {text[:200]}")
-                data = json.loads(text)
-        except (TimeoutError, OSError, ValueError) as error:
-            return failed(repr(error))
-        return _completion(data, session_id, turn_index, sent, time.time())
+async def send_turn(
+    http: Any, request: tuple[str, str, int], session_id: int, turn_index: int, turn: Turn
+) -> LiveCompletion:
+    """One turn as an OpenAI completion (`request`: URL, model, block tokens), as the client saw it."""
+    url, model, block_tokens = request
+    body = {
+        "model": model,
+        "prompt": turn_prompt(turn, block_tokens),
+        "max_tokens": turn.output_tokens,
+        "nvext": {"extra_fields": ["worker_id", "timing"]},
+    }
+    sent = time.time()
+
+    def failed(error: str) -> LiveCompletion:
+        return LiveCompletion(
+            "", session_id, turn_index, sent, time.time(), None, turn.input_tokens, 0, 0, None, None, error
+        )
+
+    try:
+        async with http.post(url, json=body) as response:
+            text = await response.text()
+            if response.status != 200:
+                return failed(f"HTTP {response.status}: {text[:200]}")
+            data = json.loads(text)
+    except (TimeoutError, OSError, ValueError) as error:
+        return failed(repr(error))
+    return _completion(data, session_id, turn_index, sent, time.time())
 
 
 def _completion(data: dict[str, Any], session_id: int, turn: int, sent: float, done: float) -> LiveCompletion:

@@ -117,6 +117,28 @@ class Rejection(NamedTuple):
     stage: Stage
 
 
+class BusyMonitor:
+    """Dynamo's worker monitor: each stage's busy workers, as the frontend knows them. It
+    recomputes the set after each booking, asynchronously, so requests that arrive at one instant
+    all see the set from before it (a burst is not turned away by its own bookings)."""
+
+    def __init__(self, thresholds: BusyThresholds, engines: Sequence[Engine]) -> None:
+        self.thresholds = thresholds
+        self._engines = engines
+        self._seen: dict[Stage, tuple[float, frozenset[int]]] = {}
+
+    def set_thresholds(self, thresholds: BusyThresholds) -> None:
+        self.thresholds = thresholds
+        self._seen.clear()
+
+    def busy(self, router: Router, now_s: float) -> frozenset[int]:
+        seen = self._seen.get(router.stage)
+        if seen is None or seen[0] != now_s:
+            seen = (now_s, busy_workers(self.thresholds, router, self._engines))
+            self._seen[router.stage] = seen
+        return seen[1]
+
+
 def busy_workers(thresholds: BusyThresholds, router: Router, engines: Sequence[Engine]) -> frozenset[int]:
     """The workers of a routing stage that the thresholds pass over now: the router's own books
     for prefill tokens and decode blocks, the engine's pool for the blocks it reports in use."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import simpy
 
-from envs.sim.busy import BusyThresholds, Rejection, busy_workers
+from envs.sim.busy import BusyMonitor, BusyThresholds, Rejection
 from envs.sim.config import ScenarioConfig
 from envs.sim.engine import Engine
 from envs.sim.flight import Flight
@@ -61,12 +61,12 @@ class Cluster:
         self._num_dispatched = 0
         self._num_first_tokens = 0
         self._knobs = Knobs.from_config(scenario.router)
-        self._busy = BusyThresholds.of(scenario.router)
         self._progress: ProgressHook | None = None
         self._pending_sources: dict[int, Sequence] = {}
         self._decode_knobs_for: Knobs | None = None  # see `_decode_knobs`
         self._decode_knobs_value = self._knobs
         self._build_workers(timing)
+        self._busy = BusyMonitor(BusyThresholds.of(scenario.router), self.engines)
         self._build_routers(routing_rng)
         self._queue = self._build_queue()
         self.scaler = Scaler(self, scenario.scaling)
@@ -177,12 +177,12 @@ class Cluster:
 
     @property
     def busy_thresholds(self) -> BusyThresholds:
-        return self._busy
+        return self._busy.thresholds
 
     def set_busy_thresholds(self, update: dict[str, float | int | None]) -> None:
         """Merge new busy thresholds in, as the frontend's `POST /busy_threshold` does; they hold
         for every request routed from now on."""
-        self._busy = self._busy.merged(update)
+        self._busy.set_thresholds(self._busy.thresholds.merged(update))
 
     def on_progress(self, hook: ProgressHook) -> None:
         self._progress = hook
@@ -246,7 +246,7 @@ class Cluster:
         flight.seq_hashes = sequence_block_hashes(
             flight.prompt_hashes, turn.input_tokens, turn.output_tokens, bs, rid
         )
-        busy = busy_workers(self._busy, self.router, self.engines)
+        busy = self._busy.busy(self.router, self.env.now)
         if len(busy) == len(self.router.workers) and busy:
             self._reject(flight, self.router.stage)
             return flight
@@ -340,7 +340,7 @@ class Cluster:
     def _hand_off(self, flight: Flight, prefill_seq: Sequence, now_s: float) -> None:
         """Prefill finished: pick a decode worker and move the prompt's KV blocks there."""
         assert self.decode_router is not None
-        busy = busy_workers(self._busy, self.decode_router, self.engines)
+        busy = self._busy.busy(self.decode_router, self.env.now)
         if busy and len(busy) == len(self.decode_router.workers):
             # Turned away after its prefill: the prompt's blocks are freed on the prefill worker.
             self.engines[flight.prefill_worker].release_at_boundary(prefill_seq)
