@@ -21,11 +21,12 @@ import numpy as np
 import simpy
 
 from envs.sim.busy import BusyMonitor, BusyThresholds, Rejection
-from envs.sim.config import ScenarioConfig
+from envs.sim.conditional_route import ConditionalRouting
+from envs.sim.config import RouterConfig, ScenarioConfig
 from envs.sim.engine import Engine
 from envs.sim.flight import Flight
-from envs.sim.knobs import DECODE_OVERRIDES, Knobs, apply_override, merge_override
-from envs.sim.records import RequestRecord, Stage
+from envs.sim.knobs import DecodeStageKnobs, Knobs, merge_override
+from envs.sim.records import RequestRecord, RouteDecision, Stage
 from envs.sim.router import Router, WorkerLoad
 from envs.sim.router_classic import EngineMetrics
 from envs.sim.router_queue import RouterQueue
@@ -63,12 +64,14 @@ class Cluster:
         self._knobs = Knobs.from_config(scenario.router)
         self._progress: ProgressHook | None = None
         self._pending_sources: dict[int, Sequence] = {}
-        self._decode_knobs_for: Knobs | None = None  # see `_decode_knobs`
-        self._decode_knobs_value = self._knobs
+        self._decode_knobs = DecodeStageKnobs(scenario.router)
         self._build_workers(timing)
         self._busy = BusyMonitor(BusyThresholds.of(scenario.router), self.engines)
         self._build_routers(routing_rng)
         self._queue = self._build_queue()
+        self.conditional = ConditionalRouting.of(
+            scenario.router, self.router, self.decode_router, self.engines
+        )
         self.scaler = Scaler(self, scenario.scaling)
         if any(engine.tiers is not None for engine in self.engines):
             self.router.set_tier_overlap(self._tier_overlap)
@@ -115,29 +118,21 @@ class Cluster:
 
     def _build_routers(self, rng: np.random.Generator) -> None:
         config = self.scenario.router
-        by_kind = {
-            kind: [e.worker_id for e in self.engines if e.kind == kind]
-            for kind in ("agg", "prefill", "decode")
-        }
-        if self.scenario.topology.mode == "agg":
-            self.router = Router(config, Stage.AGG, by_kind["agg"], self.block_size, self._overlap, rng)
-            self.decode_router = None
+
+        def stage(kind: str, stage: Stage, stage_config: RouterConfig) -> Router:
+            workers = [e.worker_id for e in self.engines if e.kind == kind]
+            router = Router(stage_config, stage, workers, self.block_size, self._overlap, rng)
             if config.router_semantics == "dynamo-0.9":
-                self.router.tree_size = self._tree_size
-            self.router.set_engine_metrics(self._engine_metrics)
-            return
-        prefill_config = dataclasses.replace(config, track_active_blocks=False)
-        self.router = Router(
-            prefill_config, Stage.PREFILL, by_kind["prefill"], self.block_size, self._overlap, rng
-        )
-        self.decode_router = Router(
-            config, Stage.DECODE, by_kind["decode"], self.block_size, self._overlap, rng
-        )
-        if config.router_semantics == "dynamo-0.9":
-            for router in (self.router, self.decode_router):
                 router.tree_size = self._tree_size
-        for router in (self.router, self.decode_router):
             router.set_engine_metrics(self._engine_metrics)
+            return router
+
+        if self.scenario.topology.mode == "agg":
+            self.router, self.decode_router = stage("agg", Stage.AGG, config), None
+            return
+        # Dynamo's prefill router books no decode blocks.
+        self.router = stage("prefill", Stage.PREFILL, dataclasses.replace(config, track_active_blocks=False))
+        self.decode_router = stage("decode", Stage.DECODE, config)
 
     def _build_queue(self) -> RouterQueue[Flight] | None:
         """Dynamo's router queue in front of the first routing stage, if the router has one."""
@@ -246,6 +241,11 @@ class Cluster:
         flight.seq_hashes = sequence_block_hashes(
             flight.prompt_hashes, turn.input_tokens, turn.output_tokens, bs, rid
         )
+        if self.conditional is not None:
+            local = self.conditional.plan(rid, turn.input_tokens, flight.prompt_hashes, knobs, self.env.now)
+            if local is not None:
+                self._run_local(flight, local)
+                return flight
         busy = self._busy.busy(self.router, self.env.now)
         if len(busy) == len(self.router.workers) and busy:
             self._reject(flight, self.router.stage)
@@ -285,6 +285,15 @@ class Cluster:
         assert flight.done is not None
         flight.done.succeed()
 
+    def _run_local(self, flight: Flight, decision: RouteDecision) -> None:
+        """Conditional disaggregation sent the request to a decode worker whole: it prefills there."""
+        flight.decisions.append(decision)
+        flight.bypassed = True
+        flight.prefill_worker = flight.decode_worker = decision.chosen
+        seq = Sequence(flight.request_id, flight.input_tokens, flight.output_tokens, flight.seq_hashes)
+        seq.owner = flight
+        self.engines[decision.chosen].submit(seq)
+
     def _first_stage_loads(self) -> list[WorkerLoad]:
         return [self.router.loads[w] for w in self.router.workers]
 
@@ -305,6 +314,7 @@ class Cluster:
     def _on_first_token(self, seq: Sequence, now_s: float) -> None:
         flight: Flight = seq.owner  # type: ignore[assignment]
         engine_kind = self.engines[flight.prefill_worker].kind if flight.decode_worker < 0 else "decode"
+        engine_kind = "agg" if flight.bypassed else engine_kind  # prefilled where it decodes
         if engine_kind in ("decode", "agg") and flight.first_token_s < 0:
             self._num_first_tokens += 1
         if engine_kind == "decode":
@@ -314,7 +324,7 @@ class Cluster:
         flight.prefill_end_s = now_s
         flight.cached_tokens = seq.reused_tokens
         flight.host_cached_tokens, flight.disk_cached_tokens = seq.host_hit_tokens, seq.disk_hit_tokens
-        self.router.prefill_done(flight.request_id)
+        (self.decode_router if flight.bypassed else self.router).prefill_done(flight.request_id)  # type: ignore[union-attr]
         self._drain_queue()
         if engine_kind == "agg":
             flight.first_token_s = now_s
@@ -365,16 +375,6 @@ class Cluster:
         decode_seq.owner = prefill_seq.owner = flight
         self._pending_sources[flight.request_id] = prefill_seq
         self.engines[decision.chosen].reserve(decode_seq, delay_s, self._on_transfer)
-
-    def _decode_knobs(self, arrival_knobs: Knobs) -> Knobs:
-        """The arrival knobs with the decode stage's forced override, remembered for the last
-        arrival knobs seen: they change once per control interval, requests hand off thousands
-        of times."""
-        if arrival_knobs is not self._decode_knobs_for:
-            forced = DECODE_OVERRIDES[self.scenario.router.router_semantics]
-            self._decode_knobs_value = apply_override(arrival_knobs, forced)
-            self._decode_knobs_for = arrival_knobs
-        return self._decode_knobs_value
 
     def _on_transfer(self, decode_seq: Sequence, finished: bool) -> None:
         """The decode worker reserved the request (the transfer starts) or the transfer ended."""

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass
 
+from envs.sim.conditional import ConditionalDisaggConfig
 from envs.sim.profile_catalog import PROFILES
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -207,9 +208,12 @@ class RouterConfig:
     active_decode_blocks_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     active_prefill_tokens_threshold: int | None = Field(None, ge=0)
     active_prefill_tokens_threshold_frac: float | None = Field(None, ge=0, allow_inf_nan=False)
+    # Dynamo's conditional disaggregation (`--router-conditional-disagg-config`; envs/sim/conditional.py):
+    # a request may run prefill and decode on one decode worker. Absent: off.
+    conditional_disagg: ConditionalDisaggConfig | None = None
 
     @model_validator(mode="after")
-    def _busy_needs_dynamo_router(self) -> RouterConfig:
+    def _frontend_features_fit(self) -> RouterConfig:
         busy = (
             self.active_decode_blocks_threshold,
             self.active_prefill_tokens_threshold,
@@ -220,6 +224,12 @@ class RouterConfig:
                 f"busy thresholds are Dynamo's frontend's; router mode {self.mode!r} has none "
                 "(leave active_*_threshold unset)"
             )
+        cond = self.conditional_disagg
+        if cond is not None and self.mode != "kv":
+            raise ValueError("conditional_disagg needs router mode 'kv' (Dynamo previews the decode route)")
+        unset = cond is not None and cond.prefill_busy_threshold is None is self.router_queue_threshold
+        if unset and cond.policy != "isl_bounding":  # Dynamo refuses to start
+            raise ValueError(f"conditional_disagg.policy {cond.policy}: needs a prefill busy threshold")
         return self
 
     @model_validator(mode="after")
@@ -243,6 +253,7 @@ _V09_ABSENT_KNOBS = {
     "decode_active_request_weight": 0.0,
     "assume_kv_reuse": True,
     "track_prefill_tokens": True,
+    "conditional_disagg": None,
 }
 
 
@@ -378,6 +389,8 @@ class ScenarioConfig:
         )
         if budget is not None and initial > budget:
             raise ValueError(f"scaling.max_workers ({budget}) is below the topology's {initial} workers")
+        if self.router.conditional_disagg is not None and topology.mode != "disagg":
+            raise ValueError("router.conditional_disagg: needs a disaggregated topology")
         return self
 
     def engine_for(self, kind: str) -> EngineConfig:

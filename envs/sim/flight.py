@@ -14,6 +14,7 @@ class Flight:
 
     __slots__ = (
         "arrival_s",
+        "bypassed",
         "cached_tokens",
         "decisions",
         "decode_worker",
@@ -60,6 +61,7 @@ class Flight:
         self.seq_hashes: tuple[int, ...] = ()
         self.done: simpy.Event | None = None
         self.rejected = False  # turned away by a pool whose workers were all busy (HTTP 529)
+        self.bypassed = False  # prefilled on its decode worker (conditional disaggregation)
 
     def record(self, num_preemptions: int, last_token_s: float) -> RequestRecord:
         """The immutable record of the finished request."""

@@ -160,6 +160,27 @@ def merge_override(router: RouterConfig, override: Override | None) -> Knobs:
     return apply_override(Knobs.from_config(router), override)
 
 
+class DecodeStageKnobs:
+    """The knobs the decode stage routes a request with: those in force at its arrival, with the
+    release's forced decode override (`DECODE_OVERRIDES`; with conditional disaggregation on,
+    Dynamo 1.6.1 keeps the overlap credit). Remembered for the last arrival knobs seen: they
+    change once per control interval, requests hand off thousands of times."""
+
+    def __init__(self, router: RouterConfig) -> None:
+        forced = DECODE_OVERRIDES[router.router_semantics]
+        if router.conditional_disagg is not None:
+            forced = {k: v for k, v in forced.items() if k != "overlap_score_credit"}
+        self._forced = forced
+        self._for: Knobs | None = None
+        self._value: Knobs | None = None
+
+    def __call__(self, arrival_knobs: Knobs) -> Knobs:
+        if arrival_knobs is not self._for or self._value is None:
+            self._value = apply_override(arrival_knobs, self._forced)
+            self._for = arrival_knobs
+        return self._value
+
+
 def knob_values(router: RouterConfig, names: Sequence[str] = ALL_KNOBS) -> dict[str, float]:
     """The router's own value of each named knob (v0.9's weight reads 1.6.1's scale)."""
     knobs = Knobs.from_config(router)

@@ -209,6 +209,20 @@ class Router:
     ) -> RouteDecision:
         """Pick a worker for a request and book its load there; `exclude` names workers that are
         not candidates this time (Dynamo's busy workers), and must leave one."""
+        decision, seen = self.preview(isl_tokens, block_hashes, knobs, now_s, exclude)
+        self.book(request_id, decision.chosen, isl_tokens, block_hashes, seen, knobs)
+        return decision
+
+    def preview(
+        self,
+        isl_tokens: int,
+        block_hashes: tuple[int, ...],
+        knobs: Knobs,
+        now_s: float,
+        exclude: frozenset[int] = frozenset(),
+    ) -> tuple[RouteDecision, int]:
+        """The worker the router would pick now, booking nothing (Dynamo's `preview_kv_route`),
+        and the prefix blocks it sees cached there."""
         mode = self.config.mode
         num_full = isl_tokens // self.block_size
         overlap = self._overlap
@@ -234,18 +248,31 @@ class Router:
             seen = [0] * len(workers)
             costs = [float(load.active_requests) for load in loads]
             index = self._pick_baseline(mode, costs, len(workers))
-        chosen = workers[index]
-        self._book(request_id, chosen, isl_tokens, block_hashes[:num_full], seen[index], knobs)
-        return RouteDecision(
+        decision = RouteDecision(
             self.stage,
             now_s,
-            chosen,
+            workers[index],
             candidates,
             tuple(costs),
             tuple(overlaps),
             knobs.overlap_score_credit,
             knobs.prefill_load_scale,
             knobs.router_temperature,
+        )
+        return decision, seen[index]
+
+    def book(
+        self,
+        request_id: int,
+        worker: int,
+        isl_tokens: int,
+        block_hashes: tuple[int, ...],
+        seen_blocks: int,
+        knobs: Knobs,
+    ) -> None:
+        """Book a request's load on `worker`, which sees `seen_blocks` of its prompt cached."""
+        self._book(
+            request_id, worker, isl_tokens, block_hashes[: isl_tokens // self.block_size], seen_blocks, knobs
         )
 
     def add_worker(self, worker: int) -> None:
