@@ -15,6 +15,7 @@ Dynamo 1.6.1 on loopback with file discovery, the TCP request plane and ZMQ even
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,6 +223,10 @@ def _frontend(inputs: PlanInputs) -> ProcessSpec:
     if router.router_queue_threshold is not None:
         argv += ["--router-queue-threshold", f"{router.router_queue_threshold:g}"]
         argv += ["--router-queue-policy", router.router_queue_policy]
+    if router.conditional_disagg is not None:
+        # Dynamo bypasses only where decode workers publish KV events; the mocker's do not.
+        argv += ["--router-conditional-disagg", "--router-conditional-disagg-config"]
+        argv += [json.dumps(asdict(router.conditional_disagg))]
     for name, value in asdict(BusyThresholds.of(router)).items():
         if value is not None:
             argv += ["--" + name.replace("_", "-"), f"{value:g}"]

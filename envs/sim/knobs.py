@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from numbers import Real
 from typing import Any
 
@@ -204,6 +204,10 @@ def kv_router_config_kwargs(router: RouterConfig) -> dict[str, Any]:
     if router.router_queue_threshold is not None:
         kwargs["router_queue_threshold"] = router.router_queue_threshold
         kwargs["router_queue_policy"] = router.router_queue_policy
+    cond = router.conditional_disagg
+    if cond is not None:  # KvRouterConfig's flat names (its replay does not act on them)
+        kwargs["conditional_disagg_enabled"] = True
+        kwargs.update({f"conditional_disagg_{k}": v for k, v in asdict(cond).items()})
     return kwargs
 
 
