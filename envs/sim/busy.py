@@ -132,6 +132,8 @@ class BusyMonitor:
         self._seen.clear()
 
     def busy(self, router: Router, now_s: float) -> frozenset[int]:
+        if not self.thresholds.enabled:  # Dynamo's default: the hot path pays nothing
+            return frozenset()
         seen = self._seen.get(router.stage)
         if seen is None or seen[0] != now_s:
             seen = (now_s, busy_workers(self.thresholds, router, self._engines))
