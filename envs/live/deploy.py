@@ -32,6 +32,7 @@ from envs.live.tiny_model import write_tiny_model
 from envs.sim.config import ScenarioConfig
 
 RECORD_FILE = "deployment.json"
+KILL_WAIT_S = 5.0
 TOKEN_FILE = "control.token"
 DISCOVERY_DIR = "discovery"
 # What a mocker logs when its engine cannot start; the process lives on and fails every request.
@@ -374,6 +375,9 @@ def down(workdir: Path, grace_s: float = 10.0) -> list[str]:
     for record in running:
         if _alive(record):
             _signal_group(record["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + KILL_WAIT_S  # a killed process lingers until the kernel ends it
+    while any(_alive(p) for p in running) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return [p["name"] for p in running]
 
 
