@@ -5,7 +5,8 @@ whose frontend applies the thresholds itself (startup flags, or `POST /busy_thre
 Dynamo's replay has no busy thresholds (it takes a `KvRouterConfig`, and they live in the
 frontend's worker monitor), so the reference is the real frontend with mocker workers. Both sides
 send a turned-away request again after `workload.retry_after_s`. Compared: the share of requests
-turned away, completed requests per second and mean TTFT.
+turned away and the requests completed. The mean TTFTs differ in kind under shedding: the
+simulator's counts from a request's first try, Dynamo's own (`nvext.timing`) from the try served.
 """
 
 from __future__ import annotations
