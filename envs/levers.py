@@ -29,6 +29,13 @@ UNBOUNDED_FRAC = 1e6
 BUSY_RANGE: tuple[float, float] = (0.5, 8.0)
 
 
+def busy_threshold_value(frac: float, knobs: Sequence[KnobRange]) -> float:
+    """The threshold the busy lever's value puts in force: itself, or `UNBOUNDED_FRAC` at the top
+    of its range in `knobs` (no shedding)."""
+    off_at = next((k.high for k in knobs if k.name == BUSY_LEVER), BUSY_RANGE[1])
+    return UNBOUNDED_FRAC if frac >= off_at else frac
+
+
 def check_levers(knobs: Sequence[KnobRange], scenario: ScenarioConfig) -> None:
     """Reject a lever the scenario's deployment cannot move (the message names the field)."""
     for knob in knobs:
@@ -76,12 +83,11 @@ class LeverDriver:
         if every < 1:
             raise ValueError(f"lever_every must be >= 1, got {every}")
         self.every = every
-        self._busy_off_at = next((k.high for k in knobs if k.name == BUSY_LEVER), BUSY_RANGE[1])
+        self._knobs = tuple(knobs)
 
     def apply(self, cluster: Cluster, values: Mapping[str, float], step: int) -> None:
         if BUSY_LEVER in values:
-            frac = values[BUSY_LEVER]
-            cluster.set_busy_thresholds({BUSY_LEVER: UNBOUNDED_FRAC if frac >= self._busy_off_at else frac})
+            cluster.set_busy_thresholds({BUSY_LEVER: busy_threshold_value(values[BUSY_LEVER], self._knobs)})
         if "num_prefill_workers" not in values or step % self.every:
             return
         budget = cluster.scenario.scaling.max_workers

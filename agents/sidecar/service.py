@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from agents.sidecar.decider import FAULTS, Decider, Decision
 from agents.sidecar.policies import PolicyLoadError, load_policy
-from envs.levers import BUSY_LEVER, UNBOUNDED_FRAC
+from envs.levers import BUSY_LEVER, busy_threshold_value
 from envs.live.snapshot import live_snapshot
 from envs.sim.knobs import split_levers
 
@@ -209,9 +209,8 @@ class Sidecar:
                 headers = {"Authorization": f"Bearer {config.router_token}"}
                 await _send(session.put(config.control_url + "/knobs", json=override, headers=headers))
             if BUSY_LEVER in levers:
-                frac = levers[BUSY_LEVER]  # the top of the policy's range is "no shedding"
-                off_at = next(k.high for k in self.decider.policy.context.knobs if k.name == BUSY_LEVER)
-                body = {"model": config.model_name, BUSY_LEVER: frac if frac < off_at else UNBOUNDED_FRAC}
+                frac = busy_threshold_value(levers[BUSY_LEVER], self.decider.policy.context.knobs)
+                body = {"model": config.model_name, BUSY_LEVER: frac}
                 await _send(session.post(config.frontend_url.rstrip("/") + "/busy_threshold", json=body))
         except Exception as error:
             self.metrics.apply_failures.inc()

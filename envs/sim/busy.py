@@ -7,8 +7,8 @@ Dynamo 1.6.1 (`--active-decode-blocks-threshold`, `--active-prefill-tokens-thres
 - a worker is busy when any threshold that is set is exceeded (all comparisons strict):
   its active prefill tokens > `active_prefill_tokens_threshold`, or > `..._frac` x its
   `max_num_batched_tokens`, or its used KV blocks > `active_decode_blocks_threshold` x its
-  total blocks, where used blocks are the larger of the router's booked decode blocks and the
-  blocks the worker reports in use;
+  total blocks; used blocks are the router's booked decode blocks or the blocks the worker
+  reports in use (Dynamo keeps whichever came last; the larger of the two is taken here);
 - busy workers are not candidates; when every worker of a pool is busy the request is rejected
   ("All workers are busy, please retry later", HTTP 529, counted in
   `dynamo_frontend_model_rejection_total`);
@@ -136,16 +136,14 @@ class BusyMonitor:
             return frozenset()
         seen = self._seen.get(router.stage)
         if seen is None or seen[0] != now_s:
-            seen = (now_s, busy_workers(self.thresholds, router, self._engines))
+            seen = (now_s, _busy_workers(self.thresholds, router, self._engines))
             self._seen[router.stage] = seen
         return seen[1]
 
 
-def busy_workers(thresholds: BusyThresholds, router: Router, engines: Sequence[Engine]) -> frozenset[int]:
+def _busy_workers(thresholds: BusyThresholds, router: Router, engines: Sequence[Engine]) -> frozenset[int]:
     """The workers of a routing stage that the thresholds pass over now: the router's own books
     for prefill tokens and decode blocks, the engine's pool for the blocks it reports in use."""
-    if not thresholds.enabled:
-        return frozenset()
     loads = router.loads
     return frozenset(
         w
