@@ -14,6 +14,9 @@ environment's default action ranges can be measured. Search seeds only (below 10
 has fewer than 150 clients, 6 from there on (temperature 0, the other knobs the scenario's), next
 to the fixed credits 3 and 6. A rule reads the client count from the schedule, which a policy
 cannot see, so this bounds what a load-adaptive policy can gain over fixed settings.
+`--rule-knob num_prefill_workers` makes the rules move that knob or lever instead (`--rules
+3/4@150`: 3 prefill workers below 150 clients, 4 from there on); a lever in `--grid` or
+`--rule-knob` joins the action space with its widest range on the scenario (`envs.levers`).
 `--seed-base 1000000` puts the episodes on the eval seeds, to pair them with `poa-gym eval`.
 """
 
@@ -30,6 +33,8 @@ import numpy as np
 
 from agents.episodes import search_grid
 from envs.disagg_env import DisaggRoutingEnv
+from envs.levers import lever_ranges
+from envs.scenarios import load_scenario
 from envs.schedules import ScheduleConfig, concurrency_levels
 from envs.sim.knobs import DEFAULT_RANGES, override_to_action
 
@@ -43,7 +48,7 @@ def _grid(text: str) -> list[dict[str, float]]:
 
 
 def _rules(text: str) -> list[tuple[float, float, int]]:
-    """`LOW/HIGH@C` tokens: credit LOW below C clients, HIGH from C on."""
+    """`LOW/HIGH@C` tokens: the rule knob at LOW below C clients, HIGH from C on."""
     rules = []
     for token in text.split(","):
         credits, _, clients = token.partition("@")
@@ -53,16 +58,16 @@ def _rules(text: str) -> list[tuple[float, float, int]]:
 
 
 def _episode(job: tuple) -> dict:
-    scenario, schedule, setting, seed, intervals, settle, overrides = job
+    scenario, schedule, setting, seed, intervals, settle, overrides, rule_knob = job
     setting = dict(setting)
     rule = setting.pop("rule", None)
-    top = max([setting.get("overlap_score_credit", 0.0), *(rule[:2] if rule else ())])
+    top = max([setting.get(rule_knob, 0.0), *(rule[:2] if rule else ())])
     env = DisaggRoutingEnv(
         {
             "scenario": scenario,
             "schedule": schedule,
             "num_intervals": intervals,
-            "knobs": _wide_knobs({**setting, "overlap_score_credit": top}),
+            "knobs": _wide_knobs({**setting, rule_knob: top}, scenario, overrides),
             "overrides": overrides,
         }
     )
@@ -73,7 +78,7 @@ def _episode(job: tuple) -> dict:
         values = {**env.default_values, **setting}
         if rule is not None:
             low, high, clients = rule
-            values["overlap_score_credit"] = low if levels[interval] < clients else high
+            values[rule_knob] = low if levels[interval] < clients else high
         action = override_to_action({k.name: values[k.name] for k in env.knobs}, env.knobs)
         _, reward, _, _, info = env.step(action)
         if interval >= settle:
@@ -95,12 +100,15 @@ def _episode(job: tuple) -> dict:
     }
 
 
-def _wide_knobs(setting: dict[str, float]) -> list[list]:
-    """The three 1.6.1 knobs, each range widened to hold the setting's value."""
-    return [
+def _wide_knobs(setting: dict[str, float], scenario: str, overrides: tuple[str, ...]) -> list[list]:
+    """The three 1.6.1 knobs, each range widened to hold the setting's value, and every lever the
+    setting names, with its widest range on the scenario."""
+    knobs: list[list] = [
         [name, 0.0, max(DEFAULT_RANGES[name][1], setting.get(name, 0.0))]
         for name in ("overlap_score_credit", "prefill_load_scale", "router_temperature")
     ]
+    ranges = lever_ranges(load_scenario(scenario, overrides)[0])
+    return knobs + [[name, *ranges[name]] for name in ranges if name in setting]
 
 
 def main() -> int:
@@ -111,6 +119,7 @@ def main() -> int:
     parser.add_argument("--loads", default="40,100,250,500")
     parser.add_argument("--grid")
     parser.add_argument("--rules", help="load rules LOW/HIGH@C,... on ramp episodes (see above)")
+    parser.add_argument("--rule-knob", default="overlap_score_credit", help="the knob the rules move")
     parser.add_argument("--seed-base", type=int, default=0)
     parser.add_argument("--schedule", default="constant", choices=("constant", "ramp"))
     parser.add_argument("--low", type=int, default=32)
@@ -126,7 +135,7 @@ def main() -> int:
         rules = _rules(args.rules)
         credits = sorted({c for low, high, _ in rules for c in (low, high)})
         settings: list[dict] = [{"router_temperature": 0.0, "rule": rule} for rule in rules]
-        settings += [{"overlap_score_credit": c, "router_temperature": 0.0} for c in credits]
+        settings += [{args.rule_knob: c, "router_temperature": 0.0} for c in credits]
         args.schedule = "ramp"
     elif args.grid:
         settings = _grid(args.grid)
@@ -137,7 +146,16 @@ def main() -> int:
     else:
         schedules = [{"kind": "constant", "low": int(c), "high": int(c)} for c in args.loads.split(",")]
     jobs = [
-        (args.scenario, schedule, setting, seed, args.intervals, args.settle, tuple(args.overrides))
+        (
+            args.scenario,
+            schedule,
+            setting,
+            seed,
+            args.intervals,
+            args.settle,
+            tuple(args.overrides),
+            args.rule_knob,
+        )
         for schedule in schedules
         for setting in settings
         for seed in range(args.seed_base, args.seed_base + args.seeds)
