@@ -47,14 +47,15 @@ def test_the_knob_router_layout_hides_the_prefill_workers_behind_it():
     assert plan.knob_router["upstream_endpoint"] == _flag(prefill, "--endpoint").removeprefix("dyn://")
 
 
-def test_split_workers_gives_each_prefill_worker_its_process_and_port():
+def test_split_workers_gives_each_worker_its_process_and_each_prefill_worker_its_port():
     plan = _plan(split_workers=True)
     prefill = [p for p in plan.processes if p.name.startswith("prefill-worker-")]
     assert [p.name for p in prefill] == ["prefill-worker-0", "prefill-worker-1", "prefill-worker-2"]
     assert [_flag(p.argv, "--bootstrap-ports") for p in prefill] == ["18002", "18003", "18004"]
     assert all(_flag(p.argv, "--num-workers") == "1" for p in prefill)
-    decode = next(p for p in plan.processes if p.name == "decode-workers")
-    assert _flag(decode.argv, "--num-workers") == "3"
+    decode = [p for p in plan.processes if p.name.startswith("decode-worker")]
+    assert [p.name for p in decode] == ["decode-worker-0", "decode-worker-1", "decode-worker-2"]
+    assert all(_flag(p.argv, "--num-workers") == "1" and "--bootstrap-ports" not in p.argv for p in decode)
 
 
 def test_the_dynamo_layout_is_plain_dynamo():

@@ -8,14 +8,11 @@ own process group) and nothing else: a PID whose command line no longer matches 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -28,11 +25,12 @@ from envs.errors import UserError
 from envs.live.knob_router import TOKEN_ENV
 from envs.live.plan import LivePlan, PlanInputs, plan_deployment
 from envs.live.ports import free_ports
+from envs.live.procs import alive as _alive
+from envs.live.procs import spawn, stop, strip_ansi, tail
 from envs.live.tiny_model import write_tiny_model
 from envs.sim.config import ScenarioConfig
 
 RECORD_FILE = "deployment.json"
-KILL_WAIT_S = 5.0
 TOKEN_FILE = "control.token"
 DISCOVERY_DIR = "discovery"
 # What a mocker logs when its engine cannot start; the process lives on and fails every request.
@@ -60,10 +58,11 @@ class Deployment:
     model_name: str
     frontend_url: str
     control_url: str
-    processes: list[dict[str, Any]]  # name, pid, argv, log
+    processes: list[dict[str, Any]]  # name, pid, argv, log (and a moved worker's pool state)
     speedup: float = 1.0  # the mockers' speed-up over the hardware they emulate
     scenario: str | None = None
     layout: str = "knob-router"  # "dynamo": no knob router (control_url answers nothing)
+    max_workers: int | None = None  # the scenario's scaling.max_workers: the P/D lever's budget
 
     @classmethod
     def load(cls, workdir: Path) -> Deployment:
@@ -144,7 +143,7 @@ def _start_once(
     if plan.knob_router:
         (workdir / "knob_router.json").write_text(json.dumps(plan.knob_router, indent=1) + "\n")
     token = _write_token(workdir)
-    deployment = _start(plan, workdir, token, log, start, scenario.name)
+    deployment = _start(plan, workdir, token, log, start, scenario)
     num_bootstrap = knob_tier_size(scenario) if scenario.topology.mode == "disagg" else 0
     num_workers = knob_tier_size(scenario) if plan.knob_router else None
     try:
@@ -229,23 +228,18 @@ def _dyn_log(user_filter: str) -> str:
 
 
 def _start(
-    plan: LivePlan, workdir: Path, token: str, log: Callable[[str], None], start: StartOptions, scenario: str
+    plan: LivePlan,
+    workdir: Path,
+    token: str,
+    log: Callable[[str], None],
+    start: StartOptions,
+    scenario: ScenarioConfig,
 ) -> Deployment:
     env = dynamo_environment(workdir, token)
     records = []
     for spec in plan.processes:
-        log_path = workdir / f"{spec.name}.log"
-        with log_path.open("wb") as handle:
-            process = subprocess.Popen(
-                spec.argv,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=workdir,
-                start_new_session=True,
-            )
-        records.append({"name": spec.name, "pid": process.pid, "argv": list(spec.argv), "log": str(log_path)})
-        log(f"started {spec.name} (pid {process.pid})")
+        records.append(spawn(spec.name, spec.argv, workdir, env))
+        log(f"started {spec.name} (pid {records[-1]['pid']})")
     deployment = Deployment(
         str(workdir),
         plan.model_name,
@@ -253,8 +247,9 @@ def _start(
         plan.control_url,
         records,
         start.speedup,
-        scenario,
+        scenario.name,
         start.layout,
+        scenario.scaling.max_workers,
     )
     (workdir / RECORD_FILE).write_text(json.dumps(asdict(deployment), indent=1) + "\n")
     return deployment
@@ -274,7 +269,7 @@ def _wait_ready(
     while time.monotonic() < deadline:
         dead = [p for p in deployment.processes if not _alive(p)]
         if dead:
-            raise DeploymentError(f"{dead[0]['name']} exited during start-up:\n{_tail(Path(dead[0]['log']))}")
+            raise DeploymentError(f"{dead[0]['name']} exited during start-up:\n{tail(Path(dead[0]['log']))}")
         num_bound = _check_engines(deployment)
         health = (_get_json(deployment.control_url + "/health") or {}) if num_workers is not None else {}
         if (
@@ -301,13 +296,9 @@ def _check_engines(deployment: Deployment) -> int:
         for line in text.splitlines():
             if ENGINE_FAILURE_MARK in line:
                 error = PortTakenError if PORT_TAKEN_MARK in line else DeploymentError
-                raise error(f"{record['name']}: a mocker engine did not start: {_strip_ansi(line)}")
+                raise error(f"{record['name']}: a mocker engine did not start: {strip_ansi(line)}")
         num_bound += text.count(BOOTSTRAP_MARK)
     return num_bound
-
-
-def _strip_ansi(line: str) -> str:
-    return re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
 
 
 def _probe(deployment: Deployment) -> bool:
@@ -342,48 +333,11 @@ def _get_json(url: str, timeout_s: float = 2.0) -> Any:
         return None
 
 
-def _tail(path: Path, num_lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-num_lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _alive(record: dict[str, Any]) -> bool:
-    """The recorded process still runs the recorded command (not a recycled PID)."""
-    proc = Path(f"/proc/{record['pid']}")
-    try:
-        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    if state == "Z":
-        return False
-    args = [part.decode(errors="replace") for part in cmdline if part]
-    return not args or args == record["argv"]  # empty for an instant while the exec completes
-
-
 def down(workdir: Path, grace_s: float = 10.0) -> list[str]:
     """Stop the recorded processes (SIGINT, then SIGKILL after `grace_s`); return their names."""
-    deployment = Deployment.load(workdir.resolve())
-    running = [p for p in deployment.processes if _alive(p)]
-    for record in reversed(running):
-        _signal_group(record["pid"], signal.SIGINT)
-    deadline = time.monotonic() + grace_s
-    while any(_alive(p) for p in running) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for record in running:
-        if _alive(record):
-            _signal_group(record["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + KILL_WAIT_S  # a killed process lingers until the kernel ends it
-    while any(_alive(p) for p in running) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    running = [p for p in Deployment.load(workdir.resolve()).processes if _alive(p)]
+    stop(running, signal.SIGINT, grace_s)
     return [p["name"] for p in running]
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)  # each process leads its own group (start_new_session)
 
 
 def status(workdir: Path) -> dict[str, Any]:
@@ -392,7 +346,13 @@ def status(workdir: Path) -> dict[str, Any]:
     return {
         "frontend": deployment.frontend_url,
         "control": deployment.control_url,
-        "processes": {p["name"]: {"pid": p["pid"], "alive": _alive(p)} for p in deployment.processes},
+        "processes": {p["name"]: _process_status(p) for p in deployment.processes},
         "models": served_models(deployment.frontend_url),
         "knobs": _get_json(deployment.control_url + "/knobs"),
     }
+
+
+def _process_status(record: dict[str, Any]) -> dict[str, Any]:
+    """PID and liveness; a worker the P/D lever moved also its pool state (`envs.live.pools`)."""
+    report = {"pid": record["pid"], "alive": _alive(record)}
+    return report | ({"state": record["state"]} if "state" in record else {})

@@ -30,6 +30,7 @@ WORKER_SUFFIX = "--workers"
 # baseline a deployment with the knob router (and the sidecar) is measured against.
 LAYOUTS = ("knob-router", "dynamo")
 HIDDEN_NAMESPACE = "poagym"
+MIGRATION_LIMIT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,8 @@ class PlanInputs:
     profile_npz: Path | None = None
     speedup: float = 1.0
     layout: str = "knob-router"  # or "dynamo": no knob router, the frontend routes every stage
-    split_workers: bool = False  # one process per worker of the knob tier (to kill one alone)
+    # One process per worker of every tier (to kill one alone, or to move one between the pools).
+    split_workers: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -147,7 +149,7 @@ def _mockers(inputs: PlanInputs, tier: str, endpoint: str | None, suffix: str) -
         tier, topology.num_decode_workers
     )
     ports = inputs.bootstrap_ports
-    if not inputs.split_workers or tier == "decode":
+    if not inputs.split_workers:
         return [_mocker(inputs, f"{tier}-workers", tier, count, endpoint, suffix, ports)]
     return [
         _mocker(inputs, f"{tier}-worker-{i}", tier, 1, endpoint, suffix, ports[i : i + 1])
@@ -215,6 +217,9 @@ def _frontend(inputs: PlanInputs) -> ProcessSpec:
         str(inputs.http_port),
     ]
     argv += ["--discovery-backend", "file", "--request-plane", "tcp", "--router-mode", "kv"]
+    # A request caught by a worker leaving (a P/D move's drain, `envs.live.pools`) goes to another
+    # one, as Dynamo's graceful-shutdown guide advises; a request that completes is never resent.
+    argv += ["--migration-limit", str(MIGRATION_LIMIT)]
     argv += ["--router-kv-overlap-score-credit", f"{router.overlap_score_credit:g}"]
     argv += ["--router-kv-overlap-score-credit-decay", f"{router.overlap_score_credit_decay:g}"]
     argv += ["--router-prefill-load-scale", f"{router.prefill_load_scale:g}"]
