@@ -3,7 +3,9 @@
 `up` starts the scenario's mocker workers (its engine, its timing profile as a mocker NPZ, its
 KV-transfer link), the knob router that applies per-request knobs, and Dynamo's frontend with the
 KV router; it waits until the model is served and prints the endpoints. `down` stops exactly the
-processes `up` recorded in the workdir. Needs `make dynamo`.
+processes `up` recorded in the workdir (and the workers `scale` started). `scale --prefill N`
+moves workers between the pools of a `--split-workers` deployment with a budget
+(`scaling.max_workers`): N prefill workers, the rest decode (`envs.live.pools`). Needs `make dynamo`.
 """
 
 from __future__ import annotations
@@ -42,9 +44,15 @@ def add_parser(commands: Any) -> None:
         help="dynamo: plain Dynamo without the knob router (the baseline; no knobs to set)",
     )
     start.add_argument(
-        "--split-workers", action="store_true", help="one process per worker of the knob tier (fault drills)"
+        "--split-workers", action="store_true", help="one process per worker (fault drills, P/D moves)"
     )
     start.set_defaults(handler=_cmd_up)
+
+    scale = actions.add_parser("scale", help="move workers between the prefill and decode pools")
+    scale.add_argument("--prefill", type=float, required=True, help="prefill workers; decode gets the rest")
+    scale.add_argument("--grace-s", type=float, default=30.0, help="a drained worker's time before SIGKILL")
+    scale.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    scale.set_defaults(handler=_cmd_scale)
 
     for name, handler, text in (
         ("status", _cmd_status, "health of the recorded processes, models served, knobs in force"),
@@ -90,8 +98,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     report = status(Path(args.workdir))
     json.dump(report, sys.stdout, indent=1)
     print()
-    healthy = all(p["alive"] for p in report["processes"].values()) and report["models"]
+    running = [p for p in report["processes"].values() if p.get("state") not in ("drained", "failed")]
+    healthy = all(p["alive"] for p in running) and report["models"]
     return 0 if healthy else 1
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    from envs.live.pools import move_to
+
+    def log(line: str) -> None:
+        console.print(line, highlight=False)
+
+    report = move_to(Path(args.workdir), args.prefill, grace_s=args.grace_s, log=log)
+    for step in report.steps:
+        killed = " (SIGKILLed after the grace)" if step.killed else ""
+        print(f"{step.action:<6} {step.name:<18} {step.duration_s:5.1f} s  {step.instance_id}{killed}")
+    print(f"pools     {report.num_prefill} prefill / {report.num_decode} decode ({report.duration_s:.1f} s)")
+    return 0
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
