@@ -9,6 +9,10 @@ On plain Dynamo (`poa-gym dynamo up SCENARIO --layout dynamo`, or `--frontend-ur
 `--control-url`) there is no knob router: the sidecar then sets only the busy threshold, through
 the frontend's own `POST /busy_threshold`, e.g.
 `--policy static:active_prefill_tokens_threshold_frac=0.5`.
+
+A policy that sets `num_prefill_workers` moves workers between the pools of a local deployment
+started with `poa-gym dynamo up --split-workers` and a budget (`scaling.max_workers`), every
+`--lever-every` intervals, e.g. `--policy static:num_prefill_workers=2`.
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--speedup", type=float, help="a mocker's speed-up (default: the workdir's, or 1)")
     p.add_argument("--stale-intervals", type=int, default=3, help="missed reads before the safe setting")
     p.add_argument("--safe", default="", metavar="KNOB=V,...", help="the safe setting (default: Dynamo's)")
+    p.add_argument(
+        "--lever-every",
+        type=int,
+        default=None,
+        help="intervals between P/D moves (num_prefill_workers; default: the environment's)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="where the sidecar's endpoints bind")
     p.add_argument("--port", type=int, default=0, help="the sidecar's port (default: a free one)")
     p.add_argument(
@@ -85,13 +95,19 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
 def build_sidecar(args: argparse.Namespace) -> Any:
     """The sidecar the flags describe, its deployment checked reachable (UserError otherwise)."""
     from agents.sidecar.decider import Decider, DeciderConfig
+    from agents.sidecar.pd_lever import PD_LEVER
     from agents.sidecar.policies import SAFE_DEFAULTS, load_policy, parse_knob_values
     from agents.sidecar.service import Sidecar, SidecarConfig
 
     endpoints = _endpoints(args)
+    pools, why_not = _pool_mover(args)
     try:
         safe = SAFE_DEFAULTS | parse_knob_values(args.safe, "--safe")
-        policy = load_policy(args.policy, safe)
+        lever_ranges = {}
+        if pools is not None:  # the safe setting holds the split in force
+            safe[PD_LEVER] = float(pools.num_prefill())
+            lever_ranges[PD_LEVER] = (1.0, float(pools.budget - 1))
+        policy = load_policy(args.policy, safe, lever_ranges)
         interval_s = args.interval_s or getattr(policy.policy, "control_interval_s", None) or 5.0
         token = Path(args.token_file).read_text().strip() if args.token_file else endpoints.token
         config = SidecarConfig(
@@ -111,7 +127,28 @@ def build_sidecar(args: argparse.Namespace) -> Any:
         decider = Decider(policy, DeciderConfig(safe, args.stale_intervals))
     except (ValueError, OSError) as error:  # PolicyLoadError is both a ValueError and a UserError
         raise UserError(str(error)) from None
-    return Sidecar(config, decider, args.policy)
+    if PD_LEVER not in policy.context.knob_names:
+        return Sidecar(config, decider, args.policy)
+    if pools is None:
+        raise UserError(f"--policy {args.policy}: sets {PD_LEVER}, but {why_not}")
+    pools.check_range(policy.context.knobs, str(policy.files[0]) if policy.files else args.policy)
+    return Sidecar(config, decider, args.policy, pools)
+
+
+def _pool_mover(args: argparse.Namespace) -> tuple[Any, str]:
+    """The P/D lever's mover for `--workdir`'s deployment, or None and why it cannot move workers."""
+    from agents.sidecar.pd_lever import PoolMover
+    from envs.live.pools import PoolError
+
+    if args.frontend_url is not None:
+        return None, "--frontend-url: workers move only on a local deployment (`dynamo up`, --workdir)"
+    try:
+        from envs.env_config import EnvConfig
+
+        lever_every = EnvConfig().lever_every if args.lever_every is None else args.lever_every
+        return PoolMover.for_workdir(Path(args.workdir), lever_every), ""
+    except PoolError as error:
+        return None, str(error)
 
 
 def _check_hop_free(policy: Any) -> None:

@@ -23,6 +23,7 @@ from envs.levers import BUSY_LEVER, BUSY_RANGE
 from envs.observation import HISTORY_FEATURES, ObservationConfig
 from envs.sim.config import RouterConfig
 from envs.sim.knobs import (
+    LEVERS,
     RELEASE_KNOBS,
     KnobRange,
     action_to_override,
@@ -65,8 +66,14 @@ class LoadedPolicy:
         return tuple(_stat(path) for path in self.files)
 
 
-def load_policy(spec: str, safe_knobs: Mapping[str, float]) -> LoadedPolicy:
-    """The policy `spec` names, holding any knob it does not set at `safe_knobs`.
+def load_policy(
+    spec: str,
+    safe_knobs: Mapping[str, float],
+    lever_ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> LoadedPolicy:
+    """The policy `spec` names, holding any knob it does not set at `safe_knobs`; a `static:`
+    policy of levers alone gets the ranges in `lever_ranges` (the deployment's; the busy lever's
+    is fixed) and must hold its values inside them.
 
     Raises:
         PolicyLoadError: an unknown name, a folder without an export, a malformed export, or an
@@ -74,25 +81,48 @@ def load_policy(spec: str, safe_knobs: Mapping[str, float]) -> LoadedPolicy:
     """
     spec = spec.strip()
     if spec in NAMED or spec.startswith("static:"):
-        return _named(spec, safe_knobs)
+        return _named(spec, safe_knobs, {BUSY_LEVER: BUSY_RANGE, **(lever_ranges or {})})
     return _exported(spec.removeprefix("ppo:"), safe_knobs)
 
 
-def _named(spec: str, safe_knobs: Mapping[str, float]) -> LoadedPolicy:
+def _named(
+    spec: str, safe_knobs: Mapping[str, float], lever_ranges: Mapping[str, tuple[float, float]]
+) -> LoadedPolicy:
     from agents.policy_spec import PolicySpecError
     from agents.registry import resolve
 
     knobs = default_knobs(RouterConfig())
-    if spec.startswith("static:") and BUSY_LEVER in spec:
-        # A fixed busy threshold alone: the one lever that needs no knob router.
-        knobs = (KnobRange(BUSY_LEVER, *BUSY_RANGE),)
+    levers = [name for name in LEVERS if name in spec]
+    if spec.startswith("static:") and levers:
+        # Fixed levers alone: they need no knob router.
+        missing = [name for name in levers if name not in lever_ranges]
+        if missing:
+            raise PolicyLoadError(
+                f"--policy {spec}: {missing[0]} moves workers of a local deployment started with "
+                "`poa-gym dynamo up --split-workers` and scaling.max_workers (--workdir)"
+            )
+        knobs = tuple(KnobRange(name, *lever_ranges[name]) for name in levers)
     observation = ObservationConfig(tuple(k.name for k in knobs))
     context = _context(knobs, observation, safe_knobs)
     try:
         policy = resolve(spec).build(context)
     except (PolicySpecError, ValueError) as error:
         raise PolicyLoadError(f"--policy {spec}: {error}") from None
+    _check_static_levers(spec, getattr(policy, "values", {}), knobs)
     return LoadedPolicy(spec, policy, context, observation)
+
+
+def _check_static_levers(spec: str, values: Mapping[str, float], knobs: tuple[KnobRange, ...]) -> None:
+    """A fixed lever value outside its range is refused, not clipped: it names a pool size or a
+    threshold the deployment would not get."""
+    for knob in knobs:
+        value = values.get(knob.name)
+        if knob.name in LEVERS and value is not None and not knob.low <= value <= knob.high:
+            pd = knob.name == "num_prefill_workers"
+            why = " (scaling.max_workers less one decode worker)" if pd else ""
+            raise PolicyLoadError(
+                f"--policy {spec}: {knob.name}={value:g} must lie in [{knob.low:g}, {knob.high:g}]{why}"
+            )
 
 
 def _exported(path: str, safe_knobs: Mapping[str, float]) -> LoadedPolicy:

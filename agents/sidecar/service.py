@@ -10,6 +10,10 @@ itself with `POST /busy_threshold`: no hop on the request path, so it also runs 
 (`poa-gym dynamo up --layout dynamo`, no knob router: `control_url` None), where it is the only
 knob the sidecar may set.
 
+The P/D lever (`num_prefill_workers`) moves workers of a local deployment started with one
+process per worker (`agents.sidecar.pd_lever`), every `lever_every` intervals, on the policy's own
+decisions only.
+
 The sidecar's own server binds 127.0.0.1 unless told otherwise and serves `GET /metrics`
 (Prometheus text), `GET /health` (JSON) and `PUT /mode` (`{"mode": "safe"|"policy"}`, bearer
 token): the one endpoint that changes behaviour.
@@ -29,6 +33,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from agents.sidecar import pd_lever
 from agents.sidecar.decider import FAULTS, Decider, Decision
 from agents.sidecar.policies import PolicyLoadError, load_policy
 from envs.levers import BUSY_LEVER, busy_threshold_value
@@ -129,10 +134,19 @@ class SidecarMetrics:
 class Sidecar:
     """One decider on one deployment; `run` until stopped (or for `num_intervals`)."""
 
-    def __init__(self, config: SidecarConfig, decider: Decider, policy_spec: str) -> None:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        decider: Decider,
+        policy_spec: str,
+        pools: pd_lever.PoolMover | None = None,
+    ) -> None:
         self.config = config
         self.decider = decider
         self.metrics = SidecarMetrics(decider.policy.name, decider.policy.context.knob_names)
+        self.pools = pools  # the P/D lever's mover, when the policy sets the lever
+        if pools is not None:
+            pools.register(self.metrics.registry)
         self._spec = policy_spec
         self._signature = decider.policy.files_signature()
         self._t0_s = time.monotonic()
@@ -157,6 +171,8 @@ class Sidecar:
                     next_s, delay_s = loop.time(), 0.0
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay_s)
+            if self.pools is not None:
+                await self.pools.wait()
 
     async def tick(self, session: Any) -> Decision:
         self._check_reload()
@@ -169,6 +185,8 @@ class Sidecar:
             decision = self.decider.observe(snapshot)
         if decision.source != "hold":  # a hold leaves the router's knobs alone
             await self._apply(session, decision.knobs)
+        if decision.source == "policy" and self.pools is not None and pd_lever.PD_LEVER in decision.knobs:
+            self.pools.maybe_move(decision.knobs[pd_lever.PD_LEVER], self.num_intervals)
         self.metrics.record(decision)
         self._log(decision)
         self.last_decision = decision
@@ -254,7 +272,7 @@ class Sidecar:
             "knobs": self.decider.knobs,
             "intervals": self.num_intervals,
             "last_source": decision.source if decision else None,
-        }
+        } | pd_lever.health(self.pools)
 
 
 def control_app(sidecar: Sidecar) -> Any:
