@@ -14,46 +14,13 @@ from pydantic import ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass
 
 from envs.sim.conditional import ConditionalDisaggConfig
+from envs.sim.kv_tiers_config import KvTiersConfig
+from envs.sim.policy_config import RouterPolicyConfig, check_class_mix, check_policy_fits
 from envs.sim.profile_catalog import PROFILES
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 RouterMode = Literal["kv", "round_robin", "random", "power_of_two", "least_loaded", "cache_aware", "llm_d"]
-
-
-@dataclass(config=_STRICT)
-class KvTiersConfig:
-    """KV-cache tiers below G1 (HBM): G2 host DRAM and G3 local disk, fed write-through.
-
-    Off by default (0 blocks). Bandwidths are GB/s (1e9 bytes/s) per worker and direction; 0 means
-    no delay. Defaults are the mocker's (`lib/mocker/src/kvbm_offload/config.rs`): 14 GB/s for
-    G1<->G2 (a PCIe Gen4 x16 link in practice; Gen5 x16 is 64 GB/s nominal) and 7 GB/s for G2<->G3
-    (one local NVMe SSD).
-    """
-
-    host_blocks: int = Field(0, ge=0)
-    host_offload_gbps: float = Field(14.0, ge=0, allow_inf_nan=False)
-    host_onboard_gbps: float = Field(14.0, ge=0, allow_inf_nan=False)
-    disk_blocks: int = Field(0, ge=0)
-    disk_offload_gbps: float = Field(7.0, ge=0, allow_inf_nan=False)
-    disk_onboard_gbps: float = Field(7.0, ge=0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _chain(self) -> KvTiersConfig:
-        # Write-through runs G1 -> G2 -> G3: without G2 nothing ever reaches G3.
-        if self.disk_blocks > 0 and self.host_blocks == 0:
-            raise ValueError("kv_tiers.disk_blocks > 0 needs kv_tiers.host_blocks > 0 (G3 is fed from G2)")
-        if 0 < self.disk_blocks < self.host_blocks:
-            warnings.warn(
-                f"kv_tiers.disk_blocks ({self.disk_blocks}) < kv_tiers.host_blocks ({self.host_blocks}):"
-                " each lower tier should be larger than the one above it, or it churns (KVBM guide)",
-                stacklevel=2,
-            )
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        return self.host_blocks > 0
 
 
 @dataclass(config=_STRICT)
@@ -211,9 +178,13 @@ class RouterConfig:
     # Dynamo's conditional disaggregation (`--router-conditional-disagg-config`; envs/sim/conditional.py):
     # a request may run prefill and decode on one decode worker. Absent: off.
     conditional_disagg: ConditionalDisaggConfig | None = None
+    # Dynamo's router policy config (`--router-policy-config`; envs/sim/policy_config.py): policy
+    # classes served by DRR in the router queue, each with its busy thresholds. Absent: off.
+    policy_config: RouterPolicyConfig | None = None
 
     @model_validator(mode="after")
     def _frontend_features_fit(self) -> RouterConfig:
+        check_policy_fits(self.policy_config, self.mode, self.router_queue_threshold)
         busy = (
             self.active_decode_blocks_threshold,
             self.active_prefill_tokens_threshold,
@@ -344,9 +315,13 @@ class WorkloadConfig:
     trace_block_tokens: int = Field(512, gt=0)
     trace_time_scale: float = Field(1.0, gt=0)  # >1 compresses the trace's timeline
     load_schedule: tuple[LoadStep, ...] = ()
+    # The share of requests (drawn per session, from the seed) naming each router policy class
+    # (Dynamo's `x-dynamo-meta-policy-class` header); the rest name none (the default family).
+    policy_class_mix: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkloadConfig:
+        check_class_mix(self.policy_class_mix)
         if self.arrival == "trace" and not self.trace_path:
             raise ValueError("arrival 'trace' needs trace_path (a Mooncake-format .jsonl)")
         if self.arrival == "closed_loop" and self.concurrency is None:

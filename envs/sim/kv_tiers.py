@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
-from envs.sim.config import KvTiersConfig
+from envs.sim.kv_tiers_config import KvTiersConfig
 
 
 class FifoLane:
