@@ -54,6 +54,7 @@ def load_scenario(
     data = _read_yaml(path)
     for item in overrides:
         _apply_override(data, item, path)
+    _inline_policy_file(data, path)
     scenario = validate(data, str(path))
     return scenario, path
 
@@ -115,6 +116,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario must be a mapping of fields, got {type(data).__name__}")
     return data
+
+
+def _inline_policy_file(data: dict[str, Any], path: Path) -> None:
+    """`router.policy_config` given as a file (Dynamo's `--router-policy-config` YAML, relative
+    to the scenario) is read here, so the simulator only ever sees its mapping."""
+    router = data.get("router")
+    if not isinstance(router, dict) or not isinstance(router.get("policy_config"), str):
+        return
+    policy_path = path.parent / router["policy_config"]
+    try:
+        policy = yaml.safe_load(policy_path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        where = f"{path}: field 'router.policy_config'"
+        raise ScenarioError(f"{where}: cannot read {policy_path} ({error})") from None
+    if not isinstance(policy, dict):
+        raise ScenarioError(f"{policy_path}: a router policy config must be a YAML mapping")
+    router["policy_config"] = policy
 
 
 def _apply_override(data: dict[str, Any], item: str, path: Path) -> None:

@@ -2,7 +2,8 @@
 
 One JSON object per line: `timestamp` (ms), `input_length` (optional: the hash blocks' capacity
 by default), `output_length`, `hash_ids` (one id per `block_tokens`-token block, prefix-chained),
-and optionally `session_id` and `delay` (ms). Rows sharing a `session_id` are the turns of one
+and optionally `session_id`, `delay` (ms) and `policy_class` (the router policy the request
+names, as Dynamo's replay reads it). Rows sharing a `session_id` are the turns of one
 session, as in Dynamo's replay: a later turn is sent `delay` ms (default: the timestamp gap) after
 the previous one completes.
 """
@@ -19,6 +20,7 @@ from envs.errors import ScenarioError
 from envs.sim.workload import Session, Turn
 
 _KNOWN = {"timestamp", "input_length", "output_length", "hash_ids", "session_id", "delay", "request_id"}
+_KNOWN |= {"policy_class"}
 
 
 def load_mooncake(path: str | Path, block_tokens: int = 512, time_scale: float = 1.0) -> tuple[Session, ...]:
@@ -58,6 +60,8 @@ def _parse_row(path: Path, line_no: int, line: str, block_tokens: int) -> dict[s
             f"{where}: field 'input_length': {row['input_length']} exceeds the hash_ids capacity "
             f"{capacity} ({len(hash_ids)} blocks of {block_tokens} tokens)"
         )
+    if not isinstance(row.get("policy_class", ""), str):
+        raise ScenarioError(f"{where}: field 'policy_class': must be a string")
     for field in ("timestamp", "delay"):
         value = row.get(field, 0.0)
         if (
@@ -97,7 +101,8 @@ def _group_sessions(rows: list[tuple[int, dict[str, Any]]], time_scale: float) -
             )
             hash_ids = tuple(int(h) for h in row["hash_ids"])
             delay_s = max(0.0, gap_ms) / 1000.0 / time_scale
-            turns.append(Turn(row["input_length"], row["output_length"], hash_ids, delay_s))
+            turn = Turn(row["input_length"], row["output_length"], hash_ids, delay_s, row.get("policy_class"))
+            turns.append(turn)
         start_s = (first.get("timestamp", 0.0) - t0) / 1000.0 / time_scale
         sessions.append(Session(session_id, start_s, tuple(turns)))
     sessions.sort(key=lambda s: s.start_s)
@@ -118,6 +123,8 @@ def mooncake_rows(sessions: Iterable[Session], block_tokens: int) -> list[dict[s
                 "output_length": turn.output_tokens,
                 "hash_ids": list(turn.hash_ids[:needed]),
             }
+            if turn.policy_class is not None:
+                row["policy_class"] = turn.policy_class
             if multi:
                 row["session_id"] = f"s{session.session_id}"
                 if k:

@@ -97,14 +97,25 @@ class BusyThresholds:
         max_num_batched_tokens: int,
     ) -> bool:
         """Whether a worker with this load is busy (see the module docstring)."""
-        tokens = self.active_prefill_tokens_threshold
-        if tokens is not None and active_prefill_tokens > tokens:
-            return True
-        frac = self.active_prefill_tokens_threshold_frac
-        if frac is not None and active_prefill_tokens > frac * max_num_batched_tokens:
+        if prefill_busy(
+            active_prefill_tokens,
+            max_num_batched_tokens,
+            self.active_prefill_tokens_threshold,
+            self.active_prefill_tokens_threshold_frac,
+        ):
             return True
         decode = self.active_decode_blocks_threshold
         return decode is not None and used_blocks > decode * total_blocks
+
+
+def prefill_busy(
+    active_prefill_tokens: int, max_num_batched_tokens: int, tokens: int | None, frac: float | None
+) -> bool:
+    """Dynamo's prefill-busy rule, shared by the worker monitor's thresholds and each router
+    policy class's (`prefill_busy_threshold`, `..._frac`): strictly over either one that is set."""
+    if tokens is not None and active_prefill_tokens > tokens:
+        return True
+    return frac is not None and active_prefill_tokens > frac * max_num_batched_tokens
 
 
 class Rejection(NamedTuple):

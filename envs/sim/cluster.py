@@ -26,6 +26,7 @@ from envs.sim.config import RouterConfig, ScenarioConfig
 from envs.sim.engine import Engine
 from envs.sim.flight import Flight
 from envs.sim.knobs import DecodeStageKnobs, Knobs, merge_override
+from envs.sim.policy_queue import PolicyRouterQueue, QueueEntry
 from envs.sim.records import RequestRecord, RouteDecision, Stage
 from envs.sim.router import Router, WorkerLoad
 from envs.sim.router_classic import EngineMetrics
@@ -134,13 +135,18 @@ class Cluster:
         self.router = stage("prefill", Stage.PREFILL, dataclasses.replace(config, track_active_blocks=False))
         self.decode_router = stage("decode", Stage.DECODE, config)
 
-    def _build_queue(self) -> RouterQueue[Flight] | None:
-        """Dynamo's router queue in front of the first routing stage, if the router has one."""
+    def _build_queue(self) -> RouterQueue[Flight] | PolicyRouterQueue[Flight] | None:
+        """Dynamo's router queue in front of the first routing stage: the policy profile's
+        classes (`router.policy_config`), else the one synthetic class of a queue threshold."""
         config = self.scenario.router
-        if config.router_queue_threshold is None:
-            return None
         kind = "agg" if self.decode_router is None else "prefill"
         budget = self.scenario.engine_for(kind).max_num_batched_tokens
+        policy = config.policy_config
+        profile = policy.profile_for(self.scenario.model.name) if policy is not None else None
+        if profile is not None:
+            return PolicyRouterQueue(profile, budget)
+        if config.router_queue_threshold is None:
+            return None
         return RouterQueue(config.router_queue_threshold, config.router_queue_policy, budget)
 
     def _engine_metrics(self, worker: int) -> EngineMetrics:
@@ -202,8 +208,8 @@ class Cluster:
         return sum(engine.stats.num_decode_tokens for engine in self.engines)
 
     @property
-    def router_queue(self) -> RouterQueue[Flight] | None:
-        """Dynamo's router queue in front of the first stage (None without a threshold)."""
+    def router_queue(self) -> RouterQueue[Flight] | PolicyRouterQueue[Flight] | None:
+        """Dynamo's router queue in front of the first stage (None without one)."""
         return self._queue
 
     @property
@@ -251,12 +257,15 @@ class Cluster:
             self._reject(flight, self.router.stage)
             return flight
         queue = self._queue
-        if queue is not None and queue.should_queue(self._first_stage_loads()):
-            queue.push(
-                flight, flight.arrival_s, self._uncached_tokens(flight) if queue.policy == "wspt" else 0
-            )
-        else:
+        verdict = "route"
+        if queue is not None:
+            uncached = lambda: self._uncached_tokens(flight)  # noqa: E731 - asked only if needed
+            entry = QueueEntry(rid, flight.arrival_s, turn.input_tokens, uncached, turn.policy_class)
+            verdict = queue.offer(flight, entry, self._first_stage_loads())
+        if verdict == "route":
             self._route_first_stage(flight, busy)
+        elif verdict == "rejected":  # its policy class's queue is full (HTTP 529)
+            self._reject(flight, self.router.stage)
         return flight
 
     def _route_first_stage(self, flight: Flight, busy: frozenset[int] = frozenset()) -> None:

@@ -20,6 +20,7 @@ import heapq
 from collections.abc import Sequence
 from typing import Generic, Literal, TypeVar
 
+from envs.sim.policy_queue import QueueEntry, Verdict
 from envs.sim.router import WorkerLoad
 
 QueuePolicy = Literal["fcfs", "wspt", "lcfs"]
@@ -49,6 +50,13 @@ class RouterQueue(Generic[Payload]):
 
     def should_queue(self, loads: Sequence[WorkerLoad]) -> bool:
         return bool(self._heap) or self.all_busy(loads)
+
+    def offer(self, payload: Payload, entry: QueueEntry, loads: Sequence[WorkerLoad]) -> Verdict:
+        """Route an arriving request now, or queue it (this single class never turns one away)."""
+        if not self.should_queue(loads):
+            return "route"
+        self.push(payload, entry.arrival_s, entry.uncached() if self.policy == "wspt" else 0)
+        return "queued"
 
     def push(self, payload: Payload, arrival_s: float, uncached_tokens: int) -> None:
         if self.policy == "fcfs":

@@ -43,6 +43,12 @@ def hardware_noise_rng(seed: int, noise_stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(len(STREAMS), noise_stream)))
 
 
+def policy_class_rng(seed: int) -> np.random.Generator:
+    """The stream that picks each session's router policy class (`workload.policy_class_mix`),
+    beside the named streams, which it leaves unchanged."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(len(STREAMS) + 1,)))
+
+
 def build_cluster(
     scenario: ScenarioConfig,
     trace_sessions: Iterable[Session] | None = None,
@@ -60,7 +66,9 @@ def build_cluster(
         block_tokens = scenario.engine_for(
             "prefill" if scenario.topology.mode == "disagg" else "agg"
         ).block_size
-        generator = SyntheticSessions(workload, block_tokens, streams["sessions"])
+        generator = SyntheticSessions(
+            workload, block_tokens, streams["sessions"], policy_class_rng(scenario.seed)
+        )
         sessions = (generator.session(i, 0.0) for i in itertools.count())
     noise = hardware_noise_rng(scenario.seed, scenario.timing.noise_stream)
     timing = make_timing(scenario.timing, profile, noise)
@@ -103,7 +111,9 @@ def materialize_sessions(scenario: ScenarioConfig, block_tokens: int) -> list[Se
     if workload.num_requests is None:
         raise ValueError(f"{scenario.name}: materialising a workload needs workload.num_requests")
     streams = random_streams(scenario.seed)
-    generator = SyntheticSessions(workload, block_tokens, streams["sessions"])
+    generator = SyntheticSessions(
+        workload, block_tokens, streams["sessions"], policy_class_rng(scenario.seed)
+    )
     num_sessions = -(-workload.num_requests // workload.turns_per_session)
     if workload.concurrency is None:
         starts: Iterator[float] = open_loop_starts(workload, streams["arrivals"])

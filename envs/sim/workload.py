@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.sim.config import LoadStep, WorkloadConfig
+from envs.sim.policy_config import draw_policy_class
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class Turn:
     output_tokens: int
     hash_ids: tuple[int, ...]
     delay_s: float = 0.0  # think time after the previous turn completed (turns after the first)
+    policy_class: str | None = None  # the router policy it names (`x-dynamo-meta-policy-class`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +101,18 @@ class SyntheticSessions:
     previous turn is not replayed, as in Mooncake traces).
     """
 
-    def __init__(self, config: WorkloadConfig, block_tokens: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        config: WorkloadConfig,
+        block_tokens: int,
+        rng: np.random.Generator,
+        class_rng: np.random.Generator | None = None,
+    ) -> None:
         self.config = config
         self.block_tokens = block_tokens
         self._rng = rng
+        # A stream of its own, so naming policy classes leaves every other draw as it was.
+        self._class_rng = class_rng if class_rng is not None else np.random.default_rng(0)
         self._next_unique = itertools.count(1 << 40)
 
     def _jitter(self, mean: int, spread: float) -> int:
@@ -122,6 +132,8 @@ class SyntheticSessions:
     def session(self, session_id: int, start_s: float) -> Session:
         config, bt = self.config, self.block_tokens
         group = int(self._rng.integers(config.num_prefix_groups))
+        mix = config.policy_class_mix
+        policy_class = draw_policy_class(mix, float(self._class_rng.random())) if mix else None
         turns = []
         history: list[int] = []
         total = total_aligned = 0
@@ -140,7 +152,7 @@ class SyntheticSessions:
                 total = total_aligned + new_tokens
             total_aligned = math.ceil(total / bt) * bt
             delay = self._think_time_s() if turn_index else 0.0
-            turns.append(Turn(total, osl, tuple(history[: math.ceil(total / bt)]), delay))
+            turns.append(Turn(total, osl, tuple(history[: math.ceil(total / bt)]), delay, policy_class))
         return Session(session_id, start_s, tuple(turns))
 
 
