@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic import TypeAdapter
+
 from agents.planner import DynamoPlannerPolicy, PlannerTarget, dynamo_planner
 from envs.sim.config import (
     EngineConfig,
@@ -127,11 +129,11 @@ def _case(
 
 
 def default_grid() -> list[ScenarioConfig]:
-    """34 cases: agg and disagg (1P/1D, 1P/2D, 2P/4D, 1P/5D), round-robin and KV routing,
+    """36 cases: agg and disagg (1P/1D, 1P/2D, 2P/4D, 1P/5D), round-robin and KV routing,
     several knob settings, loads below and above saturation, single- and multi-turn sharing,
     chunked prefill of prompts longer than the token budget, KV pressure with preemption,
-    Dynamo's router queue (fcfs and wspt), scripted P/D moves with start-up delays, and Dynamo's
-    own Planner moving workers."""
+    Dynamo's router queue (fcfs and wspt) and its policy classes, scripted P/D moves with
+    start-up delays, and Dynamo's own Planner moving workers."""
     link = KvTransferConfig(bandwidth_gbps=64.0)
     agg4 = TopologyConfig(mode="agg", num_workers=4)
     agg2 = TopologyConfig(mode="agg", num_workers=2)
@@ -166,6 +168,8 @@ def default_grid() -> list[ScenarioConfig]:
 
     def queue(threshold: float, policy: str) -> RouterConfig:
         return RouterConfig(router_queue_threshold=threshold, router_queue_policy=policy)
+
+    mix = {"policy_class_mix": {"interactive": 0.3}}
 
     return [
         _case("agg4-rr-low", agg4, shared(8), rr),
@@ -208,6 +212,9 @@ def default_grid() -> list[ScenarioConfig]:
         _case("1p2d-kv-queue0", d12, shared(25), RouterConfig(router_queue_threshold=0.0)),
         _case("1p2d-kv-queue0-wspt", d12, shared(25), queue(0.0, "wspt")),
         _case("1p5d-kv-closed160-wspt", d15, shared(1, **closed, concurrency=160), queue(0.5, "wspt")),
+        # Dynamo's router policy classes (--router-policy-config): DRR across class queues.
+        _case("agg4-kv-classes-high", agg4, shared(30, **mix), policy_classes("families")),
+        _case("1p2d-kv-classes-buckets", d12, shared(25, **mix), policy_classes("buckets")),
         # P/D moves through the replay's scaling hook: a scripted schedule, with start-up delays.
         _case("1p2d-kv-pd-moves", d12, shared(25), kv, scaling=moves(3.0, (5, 2, 1), (15, 1, 2))),
         _case(
@@ -225,6 +232,28 @@ def default_grid() -> list[ScenarioConfig]:
             scaling=moves(5.0, (10, 2, 4), (20, 3, 3)),
         ),
     ]
+
+
+def policy_classes(shape: str) -> RouterConfig:
+    """Two policy families at threshold 0 with a 4:1 quantum (`families`), or the same crossed
+    with two uncached-prompt buckets, the long one served shortest-first (`buckets`)."""
+    buckets = [{"min_tokens": 0, "bucket": "all"}]
+    if shape == "buckets":
+        buckets = [{"min_tokens": 0, "bucket": "short"}, {"min_tokens": 1536, "bucket": "long"}]
+    classes = [
+        {
+            "name": f"{family}-{bucket['bucket']}",
+            "policy_family": family,
+            "cache_bucket": bucket["bucket"],
+            "quantum": quantum,
+            "queue_policy": "wspt" if bucket["bucket"] == "long" else "fcfs",
+            "prefill_busy_threshold_frac": 0.0,
+        }
+        for family, quantum in (("interactive", 8192), ("batch", 2048))
+        for bucket in buckets
+    ]
+    document = {"default_policy_family": "batch", "uncached_isl_buckets": buckets, "policy_classes": classes}
+    return TypeAdapter(RouterConfig).validate_python({"policy_config": document})
 
 
 def smoke_grid() -> list[ScenarioConfig]:
@@ -247,4 +276,13 @@ def smoke_grid() -> list[ScenarioConfig]:
     ]
 
 
-GRIDS: dict[str, Callable[[], list[ScenarioConfig]]] = {"default": default_grid, "smoke": smoke_grid}
+def classes_grid() -> list[ScenarioConfig]:
+    """The policy-class cases alone (`--grid classes`)."""
+    return [c for c in default_grid() if c.router.policy_config is not None]
+
+
+GRIDS: dict[str, Callable[[], list[ScenarioConfig]]] = {
+    "default": default_grid,
+    "smoke": smoke_grid,
+    "classes": classes_grid,
+}

@@ -7,6 +7,7 @@ replay's canonical engine config and `KvRouterConfig`. Needs `make dynamo`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
@@ -14,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from envs.errors import UserError
 from envs.sim.config import EngineConfig, ScenarioConfig
 from envs.sim.knobs import kv_router_config_kwargs
+from envs.sim.policy_config import RouterPolicyConfig
 from envs.sim.workload import Session
 from envs.traces import mooncake_rows, write_mooncake
 
@@ -87,8 +91,27 @@ def _engine_args(engine: EngineConfig, scenario: ScenarioConfig, worker_type: st
     return wrapped
 
 
-def _router_config(scenario: ScenarioConfig, kv_router_config_cls: Any) -> Any:
-    return kv_router_config_cls(**kv_router_config_kwargs(scenario.router))
+def _router_config(scenario: ScenarioConfig, kv_router_config_cls: Any, tmp: Path) -> Any:
+    kwargs = kv_router_config_kwargs(scenario.router)
+    policy = scenario.router.policy_config
+    if policy is not None:  # Dynamo takes the policy file by path (`--router-policy-config`)
+        path = tmp / "router-policy.yaml"
+        path.write_text(yaml.safe_dump(policy_config_document(policy), sort_keys=False))
+        kwargs["router_policy_config"] = str(path)
+    return kv_router_config_cls(**kwargs)
+
+
+def policy_config_document(policy: RouterPolicyConfig) -> dict[str, Any]:
+    """The policy config as Dynamo's YAML file holds it (unset fields left out)."""
+    return _drop_none(dataclasses.asdict(policy))
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None and v != {}}
+    if isinstance(value, list | tuple):
+        return [_drop_none(v) for v in value]
+    return value
 
 
 def check_replayable(scenario: ScenarioConfig) -> None:
@@ -117,8 +140,6 @@ def run_replay(
         "trace_block_size": block_tokens,
         "replay_concurrency": scenario.workload.concurrency,
     }
-    if scenario.router.mode == "kv":
-        kwargs["router_config"] = _router_config(scenario, kv_router_config_cls)
     if topo.mode == "agg":
         kwargs.update(
             num_workers=topo.num_workers,
@@ -132,6 +153,10 @@ def run_replay(
             decode_engine_args=_engine_args(scenario.engine_for("decode"), scenario, "decode"),
         )
     with tempfile.TemporaryDirectory(prefix="poa-gym-replay-") as tmp:
+        if scenario.router.mode == "kv":
+            kwargs["router_config"] = _router_config(scenario, kv_router_config_cls, Path(tmp))
+        if scenario.router.policy_config is not None and scenario.router.policy_config.models:
+            kwargs["model_name"] = scenario.model.name  # which model profile applies
         trace = Path(tmp) / "trace.jsonl"
         write_mooncake(mooncake_rows(sessions, block_tokens), trace)
         if scaling_policy is None and scenario.scaling.schedule:
