@@ -11,7 +11,9 @@ Oracles:
 * a drained worker serves no request that arrived after its drain began: the clients' own
   `nvext` decode worker ids, and for the prefill stage (the frontend sees only the knob router
   there) the knob router's last decision per request;
-* a new worker serves requests (the same two sources);
+* a new worker serves requests (the same two sources), and none before its start-up
+  (`scaling.startup_s` over the speed-up, here 2 s of wall clock) has elapsed since the move
+  asked for it: no decision for the new prefill worker, no completion by the new decode worker;
 * the sidecar's `static:num_prefill_workers=2` reaches the pools on the lever's cadence, and
   values outside [1, budget - 1] are refused with the field and the rule;
 * `poa-gym dynamo down` leaves no process of the deployment, the moved workers included.
@@ -43,8 +45,14 @@ pytestmark = [
 ]
 
 SCENARIO = "llama70b-b200-1p2d"
-OVERRIDES = ["router.router_semantics=dynamo-1.6", "scaling.max_workers=3", "router.overlap_score_credit=0"]
 SPEEDUP = 4.0
+STARTUP_S = 8.0  # scenario seconds: 2 s of wall clock at SPEEDUP
+OVERRIDES = [
+    "router.router_semantics=dynamo-1.6",
+    "scaling.max_workers=3",
+    "router.overlap_score_credit=0",
+    f"scaling.startup_s={STARTUP_S:g}",
+]
 NUM_CLIENTS = 16
 CLI = [sys.executable, "-m", "eval.cli"]
 
@@ -130,12 +138,18 @@ def test_a_move_there_and_back_loses_no_request(deployment):
 
     first_decode_s = min(c.done_unix_s for c in done if c.decode_worker == new_decode["instance_id"])
     first_prefill_s = min(d["time_unix_s"] for d in by_new_prefill)
+    startup_wall_s = STARTUP_S / SPEEDUP
+    assert new_prefill["startup_wall_s"] == new_decode["startup_wall_s"] == startup_wall_s
+    assert first_prefill_s >= new_prefill["started_unix_s"] + startup_wall_s
+    assert first_decode_s >= new_decode["started_unix_s"] + startup_wall_s
+    assert min(s.duration_s for s in (*there.steps, *back.steps) if s.action == "start") >= startup_wall_s
     steps = "; ".join(f"{s.action} {s.name} {s.duration_s:.2f} s" for s in (*there.steps, *back.steps))
     print(
         f"\nsent {len(done)}, failed {len(failed)}; moves {there.duration_s:.2f} s, {back.duration_s:.2f} s; "
         f"{steps}; first request: new prefill worker "
         f"{first_prefill_s - new_prefill['started_unix_s']:.2f} s after its start (decided), new decode "
-        f"worker {first_decode_s - new_decode['started_unix_s']:.2f} s (completed); served: new prefill "
+        f"worker {first_decode_s - new_decode['started_unix_s']:.2f} s (completed), "
+        f"start-up {startup_wall_s:g} s; served: new prefill "
         f"{len(by_new_prefill)}, new decode {decode_ids.count(new_decode['instance_id'])}"
     )
 

@@ -63,6 +63,7 @@ class Deployment:
     scenario: str | None = None
     layout: str = "knob-router"  # "dynamo": no knob router (control_url answers nothing)
     max_workers: int | None = None  # the scenario's scaling.max_workers: the P/D lever's budget
+    startup_s: float = 0.0  # the scenario's scaling.startup_s: a moved worker's start-up (scenario s)
 
     @classmethod
     def load(cls, workdir: Path) -> Deployment:
@@ -250,6 +251,7 @@ def _start(
         scenario.name,
         start.layout,
         scenario.scaling.max_workers,
+        scenario.scaling.startup_s,
     )
     (workdir / RECORD_FILE).write_text(json.dumps(asdict(deployment), indent=1) + "\n")
     return deployment

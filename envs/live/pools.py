@@ -10,6 +10,14 @@ highest-numbered worker is the one drained.
   speed-up), with a new bootstrap port for a prefill worker. It is routable, and the start done,
   once it registered in file discovery (the discovery record names a TCP port it listens on) and,
   for a prefill worker, its engine bound the bootstrap port: the readiness `up` waits for.
+* A new worker costs the scenario's `scaling.startup_s` (recorded as `startup_s`), divided by the
+  deployment's speed-up as every modelled duration is: its process is launched that long after
+  the move asks for it, so it takes no request before, as the simulator's starting worker
+  (`envs.sim.scaling`) and a real engine, which registers once loaded. The 1.6.1 mocker's own
+  `--startup-time S` does not do that: the worker registers in discovery first, then sleeps S
+  wall-clock seconds (not divided by `--speedup-ratio`) before its engine starts, and holds every
+  request the routers send it meanwhile (in a 2-s start under 16 clients, 189 requests waited up
+  to 2.06 s), a cost the simulator does not charge.
 * A drained worker leaves discovery first, then gets SIGTERM: the order of Dynamo's own
   `graceful_shutdown_with_discovery` (unregister, a grace period, then `runtime.shutdown()`),
   which the 1.6.1 mocker skips (on SIGTERM it calls `runtime.shutdown()` at once). The drain
@@ -91,7 +99,7 @@ class WorkerStep:
 
     name: str
     pool: str
-    action: str  # "start": spawn to routable; "drain": SIGTERM to exit
+    action: str  # "start": asked for (start-up included) to routable; "drain": SIGTERM to exit
     duration_s: float
     instance_id: int | None
     killed: bool = False  # a drain that outlived its grace and was SIGKILLed
@@ -168,11 +176,12 @@ def move_to(
     with _move_lock(workdir):
         deployment = Deployment.load(workdir)
         budget = check_movable(deployment)
+        startup_wall_s = deployment.startup_s / deployment.speedup
         targets = {"prefill": check_target(num_prefill, budget), "decode": budget - int(num_prefill)}
         jobs: list[Callable[[], WorkerStep]] = []
         for pool in POOLS:
             change = targets[pool] - len(serving(deployment.processes, pool))
-            jobs += [lambda p=pool: start_worker(workdir, p, timeout_s, log)] * max(change, 0)
+            jobs += [lambda p=pool: start_worker(workdir, p, timeout_s, log, startup_wall_s)] * max(change, 0)
             jobs += [lambda p=pool: drain_worker(workdir, p, grace_s, log)] * max(-change, 0)
         with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as executor:
             futures = [executor.submit(job) for job in jobs]
@@ -180,16 +189,32 @@ def move_to(
     return MoveReport(targets["prefill"], targets["decode"], steps, time.monotonic() - start_s)
 
 
-def start_worker(workdir: Path, pool: str, timeout_s: float, log: Callable[[str], None]) -> WorkerStep:
-    """Start one worker of `pool` with `up`'s command line; return once it is routable."""
+def start_worker(
+    workdir: Path, pool: str, timeout_s: float, log: Callable[[str], None], startup_wall_s: float = 0.0
+) -> WorkerStep:
+    """Start one worker of `pool` with `up`'s command line, launched after its start-up
+    (`startup_wall_s`, wall clock); return once it is routable."""
     start_s = time.monotonic()
+    requested_unix_s = time.time()
+    if startup_wall_s > 0:
+        log(f"starting a {pool} worker: {startup_wall_s:g} s of start-up before its process launches")
+        time.sleep(startup_wall_s)
     token = (workdir / "control.token").read_text().strip()
     with _records(workdir) as processes:
         members = [p for p in processes if (pool_of(p) or ("",))[0] == pool]
         template = min(members, key=lambda p: pool_of(p)[1])  # type: ignore[index]
         name = f"{pool}-worker-{1 + max(pool_of(p)[1] for p in members)}"  # type: ignore[index]
         record = spawn(name, _worker_argv(template["argv"]), workdir, dynamo_environment(workdir, token))
-        processes.append(record | {"pool": pool, "state": "starting", "started_unix_s": time.time()})
+        processes.append(
+            record
+            | {
+                "pool": pool,
+                "state": "starting",
+                "started_unix_s": requested_unix_s,  # when the move asked for it
+                "startup_wall_s": startup_wall_s,
+                "spawned_unix_s": time.time(),
+            }
+        )
     log(f"started {name} (pid {record['pid']})")
     try:
         instance_id = _wait_routable(record, pool, workdir, timeout_s)
