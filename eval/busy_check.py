@@ -25,7 +25,7 @@ from envs.live.deploy import Deployment
 from envs.live.loadgen import ClosedLoopClients, LiveCompletion, send_turn, session_stream
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import summarize
-from envs.sim.run import build_cluster, random_streams
+from envs.sim.run import build_cluster, policy_class_rng, random_streams
 from envs.sim.workload import SyntheticSessions, open_loop_starts
 
 
@@ -77,7 +77,9 @@ def live(scenario: ScenarioConfig, deployment: Deployment) -> BusyOutcome:
     set_busy_thresholds(deployment, scenario)
     block_tokens = scenario.engine_for("prefill" if scenario.topology.mode == "disagg" else "agg").block_size
     streams = random_streams(scenario.seed)
-    generator = SyntheticSessions(scenario.workload, block_tokens, streams["sessions"])
+    generator = SyntheticSessions(
+        scenario.workload, block_tokens, streams["sessions"], policy_class_rng(scenario.seed)
+    )
     assert scenario.duration_s is not None
     if scenario.workload.concurrency is None:
         done = asyncio.run(_open_loop(scenario, deployment, generator, streams["arrivals"], block_tokens))

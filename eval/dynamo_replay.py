@@ -7,7 +7,6 @@ replay's canonical engine config and `KvRouterConfig`. Needs `make dynamo`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import yaml
 from envs.errors import UserError
 from envs.sim.config import EngineConfig, ScenarioConfig
 from envs.sim.knobs import kv_router_config_kwargs
-from envs.sim.policy_config import RouterPolicyConfig
+from envs.sim.policy_config import policy_config_document
 from envs.sim.workload import Session
 from envs.traces import mooncake_rows, write_mooncake
 
@@ -99,19 +98,6 @@ def _router_config(scenario: ScenarioConfig, kv_router_config_cls: Any, tmp: Pat
         path.write_text(yaml.safe_dump(policy_config_document(policy), sort_keys=False))
         kwargs["router_policy_config"] = str(path)
     return kv_router_config_cls(**kwargs)
-
-
-def policy_config_document(policy: RouterPolicyConfig) -> dict[str, Any]:
-    """The policy config as Dynamo's YAML file holds it (unset fields left out)."""
-    return _drop_none(dataclasses.asdict(policy))
-
-
-def _drop_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None and v != {}}
-    if isinstance(value, list | tuple):
-        return [_drop_none(v) for v in value]
-    return value
 
 
 def check_replayable(scenario: ScenarioConfig) -> None:

@@ -41,6 +41,7 @@ from envs.live.snapshot import live_snapshot
 from envs.metrics_snapshot import MetricsSnapshot
 from envs.sim.config import ScenarioConfig
 from envs.sim.records import RequestRecord, RouteDecision, Stage
+from envs.sim.run import policy_class_rng
 from envs.sim.workload import SyntheticSessions
 
 
@@ -147,7 +148,10 @@ class LiveBackend:
         block_tokens = scenario.engine_for(
             "prefill" if scenario.topology.mode == "disagg" else "agg"
         ).block_size
-        generator = SyntheticSessions(scenario.workload, block_tokens, sessions_rng)
+        # The simulator's class stream too, so a session names the policy class it names there.
+        generator = SyntheticSessions(
+            scenario.workload, block_tokens, sessions_rng, policy_class_rng(scenario.seed)
+        )
         self._stage = Stage.PREFILL if scenario.topology.mode == "disagg" else Stage.AGG
         self._t0_unix_s = time.time()
         self._last_seq = self._latest_seq()

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from envs.errors import UserError
 from envs.live.knob_router import TOKEN_ENV
 from envs.live.plan import LivePlan, PlanInputs, plan_deployment
@@ -33,6 +35,7 @@ from envs.sim.config import ScenarioConfig
 RECORD_FILE = "deployment.json"
 TOKEN_FILE = "control.token"
 DISCOVERY_DIR = "discovery"
+POLICY_CONFIG_FILE = "router-policy.yaml"  # the frontend's --router-policy-config
 # What a mocker logs when its engine cannot start; the process lives on and fails every request.
 ENGINE_FAILURE_MARK = "Failed to start mocker engine"
 PORT_TAKEN_MARK = "Address already in use"
@@ -141,8 +144,7 @@ def _start_once(
     # to them (503 "no backend worker available"); nothing runs here now (checked by `up`).
     shutil.rmtree(workdir / DISCOVERY_DIR, ignore_errors=True)
     plan = plan_deployment(_plan_inputs(scenario, workdir, start))
-    if plan.knob_router:
-        (workdir / "knob_router.json").write_text(json.dumps(plan.knob_router, indent=1) + "\n")
+    write_plan_files(plan, workdir)
     token = _write_token(workdir)
     deployment = _start(plan, workdir, token, log, start, scenario)
     num_bootstrap = knob_tier_size(scenario) if scenario.topology.mode == "disagg" else 0
@@ -153,6 +155,14 @@ def _start_once(
         down(workdir)
         raise
     return deployment
+
+
+def write_plan_files(plan: LivePlan, workdir: Path) -> None:
+    """The files the plan's processes read: the knob router's config, the frontend's policy YAML."""
+    if plan.knob_router:
+        (workdir / "knob_router.json").write_text(json.dumps(plan.knob_router, indent=1) + "\n")
+    if plan.policy_config is not None:
+        (workdir / POLICY_CONFIG_FILE).write_text(yaml.safe_dump(plan.policy_config, sort_keys=False))
 
 
 def knob_tier_size(scenario: ScenarioConfig) -> int:
@@ -176,6 +186,7 @@ def _plan_inputs(scenario: ScenarioConfig, workdir: Path, start: StartOptions) -
         control_port=ports[1],
         bootstrap_ports=tuple(ports[2:]),
         knob_router_config_path=workdir / "knob_router.json",
+        policy_config_path=workdir / POLICY_CONFIG_FILE,
         profile_npz=profile_npz,
         speedup=start.speedup,
         layout=start.layout,

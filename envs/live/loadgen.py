@@ -11,6 +11,9 @@ byte-level tokenizer (`envs.live.tiny_model`) each block of `block_tokens` chara
 `block_tokens` tokens, and two prompts share exactly the blocks their `hash_ids` share. Against a
 real model's tokenizer the lengths and prefixes are approximate.
 
+A turn that names a router policy class (`Turn.policy_class`, drawn from the workload's
+`policy_class_mix`) carries it in the header Dynamo's router classifies by.
+
 Times are wall-clock; think times are divided by the deployment's speed-up (the mocker runs that
 much faster than the hardware it emulates). The clients run on their own asyncio loop in a daemon
 thread, so the environment's `step` stays synchronous.
@@ -30,6 +33,9 @@ from typing import Any
 from envs.sim.workload import Session, Turn
 
 OVERLOAD_STATUS = 529  # Dynamo's answer when every worker is busy (DYN_HTTP_OVERLOAD_STATUS_CODE)
+# The router policy class a request names (`--router-policy-config`); the simulator reads the
+# same name off `Turn.policy_class`, so both classify the same requests.
+POLICY_CLASS_HEADER = "x-dynamo-meta-policy-class"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +203,7 @@ async def send_turn(
         "max_tokens": turn.output_tokens,
         "nvext": {"extra_fields": ["worker_id", "timing"]},
     }
+    headers = {POLICY_CLASS_HEADER: turn.policy_class} if turn.policy_class else None
     sent = time.time()
 
     def failed(error: str) -> LiveCompletion:
@@ -205,7 +212,7 @@ async def send_turn(
         )
 
     try:
-        async with http.post(url, json=body) as response:
+        async with http.post(url, json=body, headers=headers) as response:
             text = await response.text()
             if response.status != 200:
                 return failed(f"HTTP {response.status}: {text[:200]}")

@@ -10,7 +10,9 @@ Dynamo 1.6.1 on loopback with file discovery, the TCP request plane and ZMQ even
 * the knob router (`envs.live.knob_router`) in front of the tier the knobs act on (aggregated
   workers, or prefill workers); the real workers of that tier register as `<model>--workers`;
 * `dynamo.frontend` with the KV router and the scenario's router settings (in a disaggregated
-  deployment it routes the decode stage itself, load-only, as Dynamo 1.6.1 forces).
+  deployment it routes the decode stage itself, load-only, as Dynamo 1.6.1 forces), and the
+  scenario's router policy config as the YAML file `--router-policy-config` reads (the plan
+  holds its contents; `envs.live.deploy` writes it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from envs.sim.busy import BusyThresholds
 from envs.sim.config import EngineConfig, ScenarioConfig
 from envs.sim.knobs import RELEASE_KNOBS, knob_values, kv_router_config_kwargs
+from envs.sim.policy_config import policy_config_document
 
 WORKER_SUFFIX = "--workers"
 # "knob-router": the knob router stands in for the knob tier; "dynamo": plain Dynamo 1.6.1, the
@@ -48,6 +51,7 @@ class LivePlan:
     http_port: int
     control_port: int
     knob_router: dict[str, Any]  # `KnobRouterConfig`'s fields
+    policy_config: dict[str, Any] | None = None  # the `--router-policy-config` file's document
 
     @property
     def frontend_url(self) -> str:
@@ -74,6 +78,7 @@ class PlanInputs:
     layout: str = "knob-router"  # or "dynamo": no knob router, the frontend routes every stage
     # One process per worker of every tier (to kill one alone, or to move one between the pools).
     split_workers: bool = False
+    policy_config_path: Path | None = None  # where the router policy config's YAML goes
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -91,6 +96,8 @@ class PlanInputs:
                 "router.active_*_threshold: busy thresholds act at Dynamo's frontend, which sees only "
                 "the knob router in this layout; run them with --layout dynamo"
             )
+        if self.scenario.router.policy_config is not None:
+            self._check_policy_config()
         if self.scenario.router.router_queue_policy == "lcfs":
             raise ValueError("router.router_queue_policy: Dynamo 1.6.1's frontend takes fcfs or wspt")
         if self.scenario.timing.kind == "profile" and self.profile_npz is None:
@@ -100,6 +107,15 @@ class PlanInputs:
             and len(self.bootstrap_ports) != self.scenario.topology.num_prefill_workers
         ):
             raise ValueError("one bootstrap port per prefill worker")
+
+    def _check_policy_config(self) -> None:
+        if self.layout == "knob-router":
+            raise ValueError(
+                "router.policy_config: policy classes queue at Dynamo's frontend, which sees only the "
+                "knob router in this layout; run them with --layout dynamo"
+            )
+        if self.policy_config_path is None:
+            raise ValueError("router.policy_config: the plan needs policy_config_path to write it to")
 
 
 def plan_deployment(inputs: PlanInputs) -> LivePlan:
@@ -116,7 +132,8 @@ def plan_deployment(inputs: PlanInputs) -> LivePlan:
         workers = _mockers(inputs, "prefill", upstream, suffix) + _mockers(inputs, "decode", None, "")
     if not knob:
         processes = (*workers, _frontend(inputs))
-        return LivePlan(processes, inputs.model_name, inputs.http_port, inputs.control_port, {})
+        policy = policy_document(inputs)
+        return LivePlan(processes, inputs.model_name, inputs.http_port, inputs.control_port, {}, policy)
     knob_router = {
         "model_name": inputs.model_name,
         "model_path": str(inputs.model_path),
@@ -135,6 +152,21 @@ def plan_deployment(inputs: PlanInputs) -> LivePlan:
     )
     processes = (*workers, router, _frontend(inputs))
     return LivePlan(processes, inputs.model_name, inputs.http_port, inputs.control_port, knob_router)
+
+
+def policy_document(inputs: PlanInputs) -> dict[str, Any] | None:
+    """The scenario's router policy config as Dynamo's YAML holds it, its profile for the
+    scenario's model filed under the served model name (the simulator looks it up by the former,
+    Dynamo's frontend by the latter)."""
+    policy = inputs.scenario.router.policy_config
+    if policy is None:
+        return None
+    document = policy_config_document(policy)
+    models = document.get("models", {})
+    if inputs.scenario.model.name in models:
+        profile = models.pop(inputs.scenario.model.name)
+        document["models"] = models | {inputs.model_name: profile}
+    return document
 
 
 def scenario_knobs(scenario: ScenarioConfig) -> dict[str, float]:
@@ -235,4 +267,6 @@ def _frontend(inputs: PlanInputs) -> ProcessSpec:
     for name, value in asdict(BusyThresholds.of(router)).items():
         if value is not None:
             argv += ["--" + name.replace("_", "-"), f"{value:g}"]
+    if router.policy_config is not None:
+        argv += ["--router-policy-config", str(inputs.policy_config_path)]
     return ProcessSpec("frontend", tuple(argv))

@@ -29,7 +29,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import re
-from typing import Annotated, Literal
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass
@@ -228,6 +229,20 @@ class RouterPolicyConfig:
     def profile_for(self, model_name: str) -> PolicyProfile | None:
         """The model's profile, else the root one (None: Dynamo's synthetic single class)."""
         return self.models.get(model_name) or self.root
+
+
+def policy_config_document(policy: RouterPolicyConfig) -> dict[str, Any]:
+    """The policy config as Dynamo's YAML file holds it (unset fields left out): what
+    `--router-policy-config` and the replay's `router_policy_config` read."""
+    return _drop_none(asdict(policy))
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None and v != {}}
+    if isinstance(value, list | tuple):
+        return [_drop_none(v) for v in value]
+    return value
 
 
 def check_policy_fits(policy: RouterPolicyConfig | None, mode: str, queue_threshold: float | None) -> None:
