@@ -20,17 +20,16 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import simpy
 
+from envs.sim.admission import Admission, FirstStageQueue
 from envs.sim.busy import BusyMonitor, BusyThresholds, Rejection
 from envs.sim.conditional_route import ConditionalRouting
 from envs.sim.config import RouterConfig, ScenarioConfig
 from envs.sim.engine import Engine
 from envs.sim.flight import Flight
 from envs.sim.knobs import DecodeStageKnobs, Knobs, merge_override
-from envs.sim.policy_queue import PolicyRouterQueue, QueueEntry
 from envs.sim.records import RequestRecord, RouteDecision, Stage
-from envs.sim.router import Router, WorkerLoad
+from envs.sim.router import Router
 from envs.sim.router_classic import EngineMetrics
-from envs.sim.router_queue import RouterQueue
 from envs.sim.scaling import Scaler
 from envs.sim.sequence import Sequence
 from envs.sim.sources import TrafficSources
@@ -69,7 +68,10 @@ class Cluster:
         self._build_workers(timing)
         self._busy = BusyMonitor(BusyThresholds.of(scenario.router), self.engines)
         self._build_routers(routing_rng)
-        self._queue = self._build_queue()
+        first_kind = "agg" if self.decode_router is None else "prefill"
+        self.admission = Admission(
+            scenario, self.router, self._busy, self._overlap, self.block_size, first_kind
+        )
         self.conditional = ConditionalRouting.of(
             scenario.router, self.router, self.decode_router, self.engines
         )
@@ -135,20 +137,6 @@ class Cluster:
         self.router = stage("prefill", Stage.PREFILL, dataclasses.replace(config, track_active_blocks=False))
         self.decode_router = stage("decode", Stage.DECODE, config)
 
-    def _build_queue(self) -> RouterQueue[Flight] | PolicyRouterQueue[Flight] | None:
-        """Dynamo's router queue in front of the first routing stage: the policy profile's
-        classes (`router.policy_config`), else the one synthetic class of a queue threshold."""
-        config = self.scenario.router
-        kind = "agg" if self.decode_router is None else "prefill"
-        budget = self.scenario.engine_for(kind).max_num_batched_tokens
-        policy = config.policy_config
-        profile = policy.profile_for(self.scenario.model.name) if policy is not None else None
-        if profile is not None:
-            return PolicyRouterQueue(profile, budget)
-        if config.router_queue_threshold is None:
-            return None
-        return RouterQueue(config.router_queue_threshold, config.router_queue_policy, budget)
-
     def _engine_metrics(self, worker: int) -> EngineMetrics:
         # What llm-d scrapes from vLLM: waiting requests and the fraction of KV blocks in use.
         engine = self.engines[worker]
@@ -208,9 +196,9 @@ class Cluster:
         return sum(engine.stats.num_decode_tokens for engine in self.engines)
 
     @property
-    def router_queue(self) -> RouterQueue[Flight] | PolicyRouterQueue[Flight] | None:
+    def router_queue(self) -> FirstStageQueue | None:
         """Dynamo's router queue in front of the first stage (None without one)."""
-        return self._queue
+        return self.admission.queue
 
     @property
     def num_awaiting_first_token(self) -> int:
@@ -252,19 +240,10 @@ class Cluster:
             if local is not None:
                 self._run_local(flight, local)
                 return flight
-        busy = self._busy.busy(self.router, self.env.now)
-        if len(busy) == len(self.router.workers) and busy:
-            self._reject(flight, self.router.stage)
-            return flight
-        queue = self._queue
-        verdict = "route"
-        if queue is not None:
-            uncached = lambda: self._uncached_tokens(flight)  # noqa: E731 - asked only if needed
-            entry = QueueEntry(rid, flight.arrival_s, turn.input_tokens, uncached, turn.policy_class)
-            verdict = queue.offer(flight, entry, self._first_stage_loads())
+        verdict, busy = self.admission.admit(flight, turn.policy_class, self.env.now)
         if verdict == "route":
             self._route_first_stage(flight, busy)
-        elif verdict == "rejected":  # its policy class's queue is full (HTTP 529)
+        elif verdict == "rejected":  # every worker busy, or its policy class's queue full (HTTP 529)
             self._reject(flight, self.router.stage)
         return flight
 
@@ -303,21 +282,9 @@ class Cluster:
         seq.owner = flight
         self.engines[decision.chosen].submit(seq)
 
-    def _first_stage_loads(self) -> list[WorkerLoad]:
-        return [self.router.loads[w] for w in self.router.workers]
-
-    def _uncached_tokens(self, flight: Flight) -> int:
-        """The prompt less its best cached prefix over the stage's workers (the queue's key)."""
-        num_full = flight.input_tokens // self.block_size
-        best = max(self._overlap(w, flight.prompt_hashes, num_full) for w in self.router.workers)
-        return flight.input_tokens - best * self.block_size
-
     def _drain_queue(self) -> None:
         """A prefill finished or a request left: route waiting requests while a worker has room."""
-        queue = self._queue
-        if queue is None:
-            return
-        while (flight := queue.pop_ready(self._first_stage_loads())) is not None:
+        while (flight := self.admission.pop_ready()) is not None:
             self._route_first_stage(flight)
 
     def _on_first_token(self, seq: Sequence, now_s: float) -> None:
