@@ -254,9 +254,10 @@ class ScaleStep:
 class ScalingConfig:
     """Moving workers between pools while the deployment runs (Dynamo's Planner, or an agent).
 
-    A scale-up starts a new worker, which serves after `startup_s` (the mocker's
-    `--startup-time`); a scale-down drains the highest-numbered worker of the pool: it takes no
-    new request and leaves once its requests are done, as in Dynamo's replay. `max_workers` is
+    A scale-up starts a new worker, which serves after `startup_s` (the replay's
+    `startup_time`; live, `envs.live.pools` launches it that much later); a scale-down drains
+    the highest-numbered worker of the pool: it takes no new request and leaves once its
+    requests are done, as in Dynamo's replay. `max_workers` is
     the budget of prefill plus decode workers (aggregated: workers) that no target may exceed.
     `schedule` scripts moves at fixed times (`envs.sim.scaling.ScheduledScaling`).
     """
