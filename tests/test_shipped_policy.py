@@ -43,20 +43,39 @@ def test_the_committed_export_computes_what_the_shipped_model_computes():
     assert max_abs_diff < PARITY_TOLERANCE
 
 
-LEVERS = SHIPPED.parent / "levers"
-LEVER_KNOBS = [["overlap_score_weight", 0, 2], ["router_temperature", 0, 1], ["num_prefill_workers", 1, 5]]
+# The lever policies, each on the budget preset it was trained on, with its action space.
+LEVER_POLICIES = (
+    (
+        "levers",
+        "llama70b-b200-1p5d-budget6",
+        [["overlap_score_weight", 0, 2], ["router_temperature", 0, 1], ["num_prefill_workers", 1, 5]],
+    ),
+    (
+        "levers-multiturn",
+        "llama70b-b200-3p3d-multiturn-budget6",
+        [
+            ["overlap_score_credit", 0, 8],
+            ["prefill_load_scale", 0, 8],
+            ["router_temperature", 0, 1],
+            ["num_prefill_workers", 1, 5],
+        ],
+    ),
+)
 
 
-def test_the_shipped_lever_policy_builds_and_sets_a_split_within_the_budget():
-    env = DisaggRoutingEnv({"scenarios": ["llama70b-b200-1p5d-budget6"], "knobs": LEVER_KNOBS})
-    policy = resolve("ppo:checkpoints/levers").build(PolicyContext.from_env(env))
+@pytest.mark.parametrize(("name", "scenario", "knobs"), LEVER_POLICIES)
+def test_a_shipped_lever_policy_builds_and_sets_a_split_within_the_budget(name, scenario, knobs):
+    env = DisaggRoutingEnv({"scenarios": [scenario], "knobs": knobs})
+    policy = resolve(f"ppo:checkpoints/{name}").build(PolicyContext.from_env(env))
     observation, _ = env.reset(seed=1_000_000)
     action, _ = policy.predict(observation, deterministic=True)
     _, _, _, _, info = env.step(np.asarray(action, dtype=np.float32).reshape(-1))
     assert 1 <= info["knobs"]["num_prefill_workers"] <= 5
 
 
-def test_the_committed_lever_export_computes_what_its_model_computes():
-    max_abs_diff, num_compared = parity_max_abs_diff(load_checkpoint(LEVERS), LEVERS / "export")
+@pytest.mark.parametrize("name", [name for name, _, _ in LEVER_POLICIES])
+def test_a_committed_lever_export_computes_what_its_model_computes(name):
+    checkpoint = SHIPPED.parent / name
+    max_abs_diff, num_compared = parity_max_abs_diff(load_checkpoint(checkpoint), checkpoint / "export")
     assert num_compared >= 200
     assert max_abs_diff < PARITY_TOLERANCE
