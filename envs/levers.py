@@ -36,6 +36,12 @@ def busy_threshold_value(frac: float, knobs: Sequence[KnobRange]) -> float:
     return UNBOUNDED_FRAC if frac >= off_at else frac
 
 
+def prefill_target(value: float, budget: int) -> int:
+    """The prefill pool's size a `num_prefill_workers` value asks for: rounded, and leaving each
+    pool one worker of the budget at least (the rule the simulator and the live sidecar share)."""
+    return min(max(1, round(value)), budget - 1)
+
+
 def check_levers(knobs: Sequence[KnobRange], scenario: ScenarioConfig) -> None:
     """Reject a lever the scenario's deployment cannot move (the message names the field)."""
     for knob in knobs:
@@ -92,6 +98,6 @@ class LeverDriver:
             return
         budget = cluster.scenario.scaling.max_workers
         assert budget is not None  # check_levers
-        prefill = min(max(1, round(values["num_prefill_workers"])), budget - 1)
+        prefill = prefill_target(values["num_prefill_workers"], budget)
         if prefill != cluster.scaler.view("prefill").num_serving:
             cluster.scaler.scale_to(prefill, budget - prefill)

@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from envs.errors import UserError
+from envs.levers import prefill_target
 from envs.live.deploy import Deployment
 from envs.live.pools import DRAIN_GRACE_S, MoveReport, PoolError, check_movable, move_to, serving
 from envs.sim.knobs import KnobRange
@@ -81,7 +82,7 @@ class PoolMover:
         if self.moving:
             self._count("in_progress")
             return "in_progress"
-        target = min(max(1, round(value)), self.budget - 1)
+        target = prefill_target(value, self.budget)
         if target == self.num_prefill():
             return "hold"
         self._count("started")
