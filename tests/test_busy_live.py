@@ -69,8 +69,10 @@ def test_the_simulator_turns_away_what_dynamos_frontend_turns_away(deployment):
     # Busy past 0.25 x 8192 = 2048 booked prompt tokens: about one uncached prompt per worker.
     sim, real = outcomes(deployment, 0.25)
     assert sim.rejected_share > 0.05 and real.rejected_share > 0.05
-    # Dynamo turns away more (measured 1.6x to 2.0x the share): see eval/RESULTS.md.
-    assert 0.5 < real.rejected_share / sim.rejected_share < 3.0
+    # Dynamo turns away more (measured 1.3x to 2.0x the share, 1.4x to 1.6x on a quiet machine): the
+    # same rule on the same booked tokens, but each busy spell lasts longer live and the share at
+    # this tight threshold amplifies that (eval/RESULTS.md). A ratio outside the band is a change.
+    assert 1.0 < real.rejected_share / sim.rejected_share < 2.4
     # Every turned-away request comes back, so as many complete as without shedding.
     assert abs(real.num_completed / sim.num_completed - 1) < 0.05
     sim_loose, real_loose = outcomes(deployment, 0.5)  # twice the room: almost nothing turned away
