@@ -101,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
         "crosscheck",
         help="compare with Dynamo's offline replay on a grid, or with a live deployment (--live)",
     )
-    cross.add_argument("--grid", default="default", help="grid name: default (24 cases) or smoke (4)")
+    cross.add_argument(
+        "--grid", default="default", help="grid name: default (36 cases), smoke (4) or classes (2)"
+    )
     cross.add_argument("--json", action="store_true")
     live_check_cli.add_arguments(cross)
     cross.set_defaults(handler=_cmd_crosscheck)
