@@ -13,19 +13,15 @@ env_kwargs` as training writes them) and optionally `vecnormalize.pkl`; the expo
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import logging
 import pickle
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 import yaml
 from stable_baselines3 import PPO
@@ -44,12 +40,8 @@ from agents.onnx_policy import (
 from envs.disagg_env import ENV_ID
 from envs.errors import UserError
 from envs.observation import SCHEMA_VERSION
+from training.onnx_graph import INPUT_NAME, OUTPUT_NAME, default_opset, write_actor_onnx
 
-# The torch.export-based exporter (torch 2.13's default) implements opset 18 and up; asking it for
-# 17 sends the graph through a version down-converter. onnxruntime has run opset 18 since 1.14.
-OPSET = 18
-INPUT_NAME = "observation"
-OUTPUT_NAME = "action"
 MODEL_ZIP = "model.zip"
 VECNORMALIZE_PKL = "vecnormalize.pkl"
 CONFIG_YAML = "config.yaml"
@@ -148,7 +140,7 @@ def write_export(
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / POLICY_ONNX
     write_onnx(onnx_path)
-    opset = _default_opset(onnx_path)
+    opset = default_opset(onnx_path)
     spec = _policy_spec(normalization, knobs, feature_names, interval_s, opset)
     json_path = out / POLICY_JSON
     json_path.write_text(json.dumps(spec, indent=2) + "\n")
@@ -185,56 +177,6 @@ def _write_onnx(policy: ActorCriticPolicy, num_features: int, path: Path) -> Non
         write_actor_onnx(_DeterministicActor(policy).eval(), num_features, path)
     finally:
         policy.set_training_mode(was_training)  # the caller may go on training this model
-
-
-def write_actor_onnx(actor: torch.nn.Module, num_features: int, path: Path) -> None:
-    """Export `actor` (normalised observation batch -> action batch in [-1, 1]) and check it;
-    SB3's and RLlib's policies both go through here."""
-    example = torch.zeros((2, num_features), dtype=torch.float32)
-    with _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(
-            actor,
-            (example,),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=OPSET,
-            dynamo=True,
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            verbose=False,
-        )
-        program.save(str(path))
-    _drop_stack_traces(path)
-    onnx.checker.check_model(str(path), full_check=True)
-
-
-def _drop_stack_traces(path: Path) -> None:
-    """torch's exporter records each node's stack trace: the exporting machine's file paths."""
-    model = onnx.load(str(path))
-    for node in model.graph.node:
-        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
-        del node.metadata_props[:]
-        node.metadata_props.extend(kept)
-    onnx.save(model, str(path))
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's chatter (it warns that torchvision is absent, and about its own
-    internals); failures still raise."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def _default_opset(path: Path) -> int:
-    model = onnx.load(str(path), load_external_data=False)
-    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def _policy_spec(

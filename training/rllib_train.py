@@ -279,7 +279,8 @@ def _train_loop(
 def export_rllib_module(module: Any, normalization: Any, config_path: Path, out_dir: Path) -> Any:
     """The RL module's deterministic action (the Gaussian's mean, clipped to [-1, 1]) as
     `policy.onnx`, with `policy.json` for the environment in config.yaml."""
-    from training.export import _env_facts, write_actor_onnx, write_export
+    from training.export import _env_facts, write_export
+    from training.onnx_graph import write_actor_onnx
 
     knobs, feature_names, interval_s = _env_facts(config_path)
     actor = RllibActor(module, len(knobs)).eval()
