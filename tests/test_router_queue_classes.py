@@ -17,8 +17,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from envs.sim.config import EngineConfig, RouterConfig, ScenarioConfig, TopologyConfig, WorkloadConfig
 from envs.sim.policy_config import PolicyProfile, RouterPolicyConfig
-from envs.sim.policy_queue import PolicyRouterQueue, QueueEntry
+from envs.sim.policy_queue import PolicyRouterQueue
 from envs.sim.router import WorkerLoad
+from envs.sim.router_queue import QueueEntry
 from envs.sim.run import build_cluster, materialize_sessions
 
 POLICY = TypeAdapter(RouterPolicyConfig)

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from envs.sim.busy import BusyMonitor
 from envs.sim.config import ScenarioConfig
 from envs.sim.flight import Flight
-from envs.sim.policy_queue import PolicyRouterQueue, QueueEntry, Verdict
+from envs.sim.policy_queue import PolicyRouterQueue
 from envs.sim.router import Router, WorkerLoad
-from envs.sim.router_queue import RouterQueue
+from envs.sim.router_queue import QueueEntry, RouterQueue, Verdict
 
 OverlapFn = Callable[[int, tuple[int, ...], int], int]  # (worker, prompt hashes, max blocks) -> cached
 FirstStageQueue = RouterQueue[Flight] | PolicyRouterQueue[Flight]

@@ -25,27 +25,16 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, NamedTuple, TypeVar
+from typing import Generic, TypeVar
 
 from envs.sim.busy import prefill_busy
 from envs.sim.policy_config import PolicyClassConfig, PolicyProfile
 from envs.sim.router import WorkerLoad
+from envs.sim.router_queue import QueueEntry, Verdict, queue_score
 
 Payload = TypeVar("Payload")
-Verdict = Literal["route", "queued", "rejected"]
-
-
-class QueueEntry(NamedTuple):
-    """What the queue needs of an arriving request; `uncached` is asked only if needed (it
-    looks up the workers' caches)."""
-
-    key: int
-    arrival_s: float
-    input_tokens: int
-    uncached: Callable[[], int]
-    policy_class: str | None = None
 
 
 @dataclass(slots=True)
@@ -118,7 +107,7 @@ class PolicyRouterQueue(Generic[Payload]):
     def _push(self, queue: _ClassQueue[Payload], payload: Payload, entry: QueueEntry, uncached: int) -> None:
         cached = min(entry.input_tokens, entry.input_tokens - uncached)
         cost = max(1, entry.input_tokens - cached)  # zero-work requests still take part in DRR
-        score = -entry.arrival_s if queue.config.queue_policy == "fcfs" else 1.0 / cost
+        score = queue_score(queue.config.queue_policy, entry.arrival_s, entry.input_tokens - cached)
         heapq.heappush(queue.heap, (-score, self._seq, cost, cached, entry.input_tokens, payload))
         self._seq += 1
         queue.requests += 1

@@ -17,14 +17,34 @@ Dynamo 1.6.1 (`--router-queue-threshold F`, `--router-queue-policy`; `lib/kv-rou
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
-from typing import Generic, Literal, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, Literal, NamedTuple, TypeVar
 
-from envs.sim.policy_queue import QueueEntry, Verdict
 from envs.sim.router import WorkerLoad
 
 QueuePolicy = Literal["fcfs", "wspt", "lcfs"]
 Payload = TypeVar("Payload")
+Verdict = Literal["route", "queued", "rejected"]
+
+
+class QueueEntry(NamedTuple):
+    """What a router queue needs of an arriving request; `uncached` is asked only if needed (it
+    looks up the workers' caches)."""
+
+    key: int
+    arrival_s: float
+    input_tokens: int
+    uncached: Callable[[], int]
+    policy_class: str | None = None
+
+
+def queue_score(policy: QueuePolicy, arrival_s: float, uncached_tokens: int) -> float:
+    """A waiting request's score under `policy` (the highest goes first; see the docstring)."""
+    if policy == "fcfs":
+        return -arrival_s
+    if policy == "lcfs":
+        return arrival_s
+    return 1.0 / max(1, uncached_tokens)
 
 
 class RouterQueue(Generic[Payload]):
@@ -59,12 +79,7 @@ class RouterQueue(Generic[Payload]):
         return "queued"
 
     def push(self, payload: Payload, arrival_s: float, uncached_tokens: int) -> None:
-        if self.policy == "fcfs":
-            score = -arrival_s
-        elif self.policy == "lcfs":
-            score = arrival_s
-        else:
-            score = 1.0 / max(1, uncached_tokens)
+        score = queue_score(self.policy, arrival_s, uncached_tokens)
         # heapq pops the smallest: the highest score first, then the earliest enqueued.
         heapq.heappush(self._heap, (-score, self._num_enqueued, payload))
         self._num_enqueued += 1
