@@ -77,7 +77,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--levers",
         default="",
-        help="add levers to the action space (num_prefill_workers: the P/D split of scaling.max_workers)",
+        metavar="LEVER[=LOW:HIGH],...",
+        help="add levers to the action space over their widest ranges, or LOW:HIGH "
+        "(num_prefill_workers: the P/D split of scaling.max_workers)",
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path)
@@ -154,21 +156,33 @@ def _setup(args: argparse.Namespace, policies: list[str]) -> EpisodeSetup:
 
 
 def _with_levers(setup: EpisodeSetup, text: str) -> EpisodeSetup:
-    """The setup's default knobs plus the named levers over their widest ranges."""
+    """The setup's default knobs plus the named levers, each over its widest range or the one given."""
     import dataclasses
 
     from envs.levers import lever_ranges
     from envs.scenarios import load_scenario
     from envs.sim.knobs import LEVERS
 
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in LEVERS]
-    if unknown:
-        raise UserError(f"--levers: unknown lever(s) {unknown} (known: {', '.join(LEVERS)})")
     scenario, _ = load_scenario(setup.scenario, list(setup.overrides))
-    ranges = lever_ranges(scenario)
+    widest = lever_ranges(scenario)
+    levers = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        name, _, span = item.partition("=")
+        if name not in LEVERS:
+            raise UserError(f"--levers: unknown lever {name!r} (known: {', '.join(LEVERS)})")
+        levers.append((name, *(_lever_span(item, span) if span else widest[name])))
     knobs = [(k.name, k.low, k.high) for k in setup.env().knobs]
-    return dataclasses.replace(setup, knobs=(*knobs, *((name, *ranges[name]) for name in names)))
+    return dataclasses.replace(setup, knobs=(*knobs, *levers))
+
+
+def _lever_span(item: str, span: str) -> tuple[float, float]:
+    try:
+        low, high = (float(value) for value in span.split(":"))
+    except ValueError:
+        raise UserError(f"--levers {item!r}: a range is LOW:HIGH, two numbers") from None
+    if not low < high:
+        raise UserError(f"--levers {item!r}: LOW must be below HIGH")
+    return low, high
 
 
 def _check_policy(setup: EpisodeSetup, name: str) -> None:

@@ -91,3 +91,35 @@ def test_cli_names_the_bad_policy_and_exits_2(capsys):
     assert "policy 'credit-decay'" in err and "overlap_score_credit_decay" in err
     assert main(["eval", "llama70b-b200-1p5d", "--policies", "best-static", "--search", "x=1/2"]) == 2
     assert "not in the action space" in capsys.readouterr().err
+
+
+def test_a_lever_range_on_the_command_line_fits_a_policy_trained_on_it(capsys):
+    from agents.base import PolicyContext
+    from agents.episodes import EpisodeSetup
+    from agents.registry import resolve
+    from envs.schedules import ScheduleConfig
+    from eval.eval_cli import _with_levers
+
+    shipped = "ppo:checkpoints/levers-2p4d"  # trained with num_prefill_workers in [1, 4] of a budget of 6
+    args = ["eval", "disagg-2p4d-multiturn-budget6", "--policies", shipped, "--levers"]
+    assert main([*args, "num_prefill_workers"]) == 2  # the widest range, [1, 5], is not its own
+    assert "num_prefill_workers [1, 4]" in capsys.readouterr().err
+    plain = EpisodeSetup("disagg-2p4d-multiturn-budget6", ScheduleConfig())
+    setup = _with_levers(plain, "num_prefill_workers=1:4")
+    assert setup.knobs[-1] == ("num_prefill_workers", 1.0, 4.0)
+    resolve(shipped).build(PolicyContext.from_env(setup.env()))
+
+
+@pytest.mark.parametrize(
+    ("lever", "message"),
+    [
+        ("num_prefill_workers=1:9", "must lie in [1, 5] (scaling.max_workers 6"),
+        ("num_prefill_workers=2", "a range is LOW:HIGH"),
+        ("num_prefill_workers=3:2", "LOW must be below HIGH"),
+        ("prefill_workers=1:2", "unknown lever 'prefill_workers'"),
+    ],
+)
+def test_a_bad_lever_range_is_refused_with_the_rule(capsys, lever, message):
+    assert main(["eval", "disagg-2p4d-multiturn-budget6", "--levers", lever]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
