@@ -60,6 +60,16 @@ LEVER_POLICIES = (
             ["num_prefill_workers", 1, 5],
         ],
     ),
+    (
+        "levers-2p4d",
+        "disagg-2p4d-multiturn-budget6",
+        [
+            ["overlap_score_credit", 0, 8],
+            ["prefill_load_scale", 0, 8],
+            ["router_temperature", 0, 1],
+            ["num_prefill_workers", 1, 4],
+        ],
+    ),
 )
 
 
