@@ -7,26 +7,41 @@ frontend's worker monitor), so the reference is the real frontend with mocker wo
 send a turned-away request again after `workload.retry_after_s`. Compared: the share of requests
 turned away and the requests completed. The mean TTFTs differ in kind under shedding: the
 simulator's counts from a request's first try, Dynamo's own (`nvext.timing`) from the try served.
+
+At a tight threshold one run's share depends on its arrivals (agg-4w-prefix at frac 0.25: 13.5%
+to 16.3% over seeds 0-3 in the simulator), so `compare` runs several scenario seeds, each giving
+both sides the same Poisson arrivals and prompts, and reports the mean share of each side:
+
+    python -m eval.busy_check agg-4w-prefix --frac 0.25 --seeds 4   # starts and stops Dynamo
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import json
+import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from envs.live.deploy import Deployment
+from envs.live.deploy import Deployment, down, up
 from envs.live.loadgen import ClosedLoopClients, LiveCompletion, send_turn, session_stream
 from envs.sim.config import ScenarioConfig
 from envs.sim.metrics import summarize
 from envs.sim.run import build_cluster, policy_class_rng, random_streams
 from envs.sim.workload import SyntheticSessions, open_loop_starts
+
+SCENARIO = "agg-4w-prefix"
+RATE_RPS = 60.0  # Poisson, past what 4 workers serve without queueing (mean TTFT 0.1 s)
+DURATION_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,3 +175,174 @@ def set_busy_thresholds(deployment: Deployment, scenario: ScenarioConfig) -> dic
     )
     with urllib.request.urlopen(request, timeout=10.0) as response:
         return json.loads(response.read())
+
+
+@dataclass(frozen=True, slots=True)
+class SeedPair:
+    """One arrival seed through both sides (`real` is None when only the simulator ran)."""
+
+    seed: int
+    sim: BusyOutcome
+    real: BusyOutcome | None
+
+
+@dataclass(frozen=True, slots=True)
+class BusyComparison:
+    """Both sides over several arrival seeds: per-seed outcomes, their means and the ratio."""
+
+    frac: float | None
+    pairs: tuple[SeedPair, ...]
+
+    def _reals(self) -> list[BusyOutcome]:
+        return [p.real for p in self.pairs if p.real is not None]
+
+    @property
+    def sim_share_mean(self) -> float:
+        return float(np.mean([p.sim.rejected_share for p in self.pairs]))
+
+    @property
+    def real_share_mean(self) -> float:
+        reals = self._reals()
+        return float(np.mean([r.rejected_share for r in reals])) if reals else float("nan")
+
+    @property
+    def share_ratio(self) -> float:
+        """Dynamo's mean turned-away share over the simulator's (the ratio of means)."""
+        sim = self.sim_share_mean
+        return self.real_share_mean / sim if sim > 0 else float("nan")
+
+    @property
+    def sim_completed_mean(self) -> float:
+        return float(np.mean([p.sim.num_completed for p in self.pairs]))
+
+    @property
+    def real_completed_mean(self) -> float:
+        reals = self._reals()
+        return float(np.mean([r.num_completed for r in reals])) if reals else float("nan")
+
+
+def with_seed(scenario: ScenarioConfig, seed: int) -> ScenarioConfig:
+    """The scenario drawing its arrivals and prompts from `seed`."""
+    return dataclasses.replace(scenario, seed=seed)
+
+
+def compare(scenario: ScenarioConfig, deployment: Deployment | None, seeds: Sequence[int]) -> BusyComparison:
+    """Each seed through the simulator and (given a deployment) Dynamo, one live run at a time."""
+    pairs = []
+    for seed in seeds:
+        seeded = with_seed(scenario, seed)
+        real = live(seeded, deployment) if deployment is not None else None
+        pairs.append(SeedPair(seed, simulated(seeded), real))
+    return BusyComparison(scenario.router.active_prefill_tokens_threshold_frac, tuple(pairs))
+
+
+def report(comparison: BusyComparison) -> str:
+    """Per-seed and mean turned-away share and completed requests, simulator and Dynamo."""
+    lines = [f"threshold frac {comparison.frac}: seed, turned away sim / Dynamo, completed sim / Dynamo"]
+    for pair in comparison.pairs:
+        real = pair.real
+        real_share = _pct(real.rejected_share) if real else "-"
+        real_done = str(real.num_completed) if real else "-"
+        lines.append(
+            f"  seed {pair.seed}: {_pct(pair.sim.rejected_share)} / {real_share}, "
+            f"{pair.sim.num_completed} / {real_done}"
+        )
+    c = comparison
+    lines.append(
+        f"  mean: {_pct(c.sim_share_mean)} / {_pct(c.real_share_mean)}, "
+        f"{c.sim_completed_mean:.1f} / {_num(c.real_completed_mean, '.1f')}; "
+        f"ratio of mean shares Dynamo/sim {_num(c.share_ratio, '.2f')}"
+    )
+    return "\n".join(lines)
+
+
+def _pct(share: float) -> str:
+    return f"{share:.2%}" if np.isfinite(share) else "-"
+
+
+def _num(value: float, spec: str) -> str:
+    return format(value, spec) if np.isfinite(value) else "-"
+
+
+def as_json(comparison: BusyComparison) -> dict:
+    """The comparison as plain data: per-seed outcomes and the means."""
+
+    def side(outcome: BusyOutcome | None) -> dict | None:
+        if outcome is None:
+            return None
+        return {**dataclasses.asdict(outcome), "rejected_share": outcome.rejected_share}
+
+    return {
+        "frac": comparison.frac,
+        "seeds": [{"seed": p.seed, "sim": side(p.sim), "dynamo": side(p.real)} for p in comparison.pairs],
+        "sim_share_mean": comparison.sim_share_mean,
+        "dynamo_share_mean": comparison.real_share_mean,
+        "share_ratio": comparison.share_ratio,
+        "sim_completed_mean": comparison.sim_completed_mean,
+        "dynamo_completed_mean": comparison.real_completed_mean,
+    }
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.busy_check",
+        description="Busy thresholds: the simulator against Dynamo's frontend over several arrival seeds.",
+    )
+    parser.add_argument("scenario", nargs="?", default=SCENARIO)
+    parser.add_argument(
+        "--frac", type=float, action="append", help="x max_num_batched_tokens; repeatable (0.25)"
+    )
+    parser.add_argument("--seeds", type=int, default=1, help="arrival seeds, from --first-seed on")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--rate-rps", type=float, default=RATE_RPS)
+    parser.add_argument("--duration-s", type=float, default=DURATION_S)
+    parser.add_argument("--speedup", type=float, default=1.0, help="the mockers' speed-up")
+    parser.add_argument("--workdir", help="a running `--layout dynamo` deployment (else one is started)")
+    parser.add_argument("--sim-only", action="store_true", help="the simulator side alone")
+    parser.add_argument("--json", metavar="PATH", help="also write the comparisons as JSON")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds: at least 1")
+    return args
+
+
+def _scenario(args: argparse.Namespace, frac: float) -> ScenarioConfig:
+    from envs.scenarios import load_scenario
+
+    scenario, _ = load_scenario(args.scenario, [f"router.active_prefill_tokens_threshold_frac={frac}"])
+    return open_loop(scenario, args.rate_rps, args.duration_s)
+
+
+def _run_all(args: argparse.Namespace, deployment: Deployment | None) -> list[BusyComparison]:
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    comparisons = []
+    for frac in args.frac or [0.25]:
+        comparison = compare(_scenario(args, frac), deployment, seeds)
+        print(report(comparison), flush=True)
+        comparisons.append(comparison)
+    return comparisons
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.sim_only:
+        comparisons = _run_all(args, None)
+    elif args.workdir:
+        comparisons = _run_all(args, Deployment.load(Path(args.workdir)))
+    else:
+        from envs.scenarios import load_scenario
+
+        with tempfile.TemporaryDirectory(prefix="busy-check-") as tmp:
+            config, _ = load_scenario(args.scenario, [])
+            deployment = up(config, Path(tmp), layout="dynamo", timeout_s=120, speedup=args.speedup)
+            try:
+                comparisons = _run_all(args, deployment)
+            finally:
+                down(Path(tmp))
+    if args.json:
+        Path(args.json).write_text(json.dumps([as_json(c) for c in comparisons], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,11 +6,14 @@ Oracles: hand-computed busy limits (strict comparisons, rules OR'd); a single pr
 an absolute token threshold K and 128-token uncached prompts holds at most floor(K / 128) + 1
 prompts booked at once; every request sent is finished, rejected or in flight, never two of
 these; a rejected request frees every block it held; twin runs (the lever at the top of its
-range is the run with no threshold, bit for bit).
+range is the run with no threshold, bit for bit); the busy check's arrivals, seed by seed, are
+the live client's schedule (`open_loop_starts` of the seed's arrival stream).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 
 import numpy as np
@@ -18,11 +21,14 @@ import pytest
 
 from envs.disagg_env import DisaggRoutingEnv
 from envs.levers import BUSY_LEVER, UNBOUNDED_FRAC
+from envs.scenarios import load_scenario
 from envs.schedules import ScheduleConfig
 from envs.sim.busy import BusyThresholds
 from envs.sim.config import EngineConfig, RouterConfig, ScenarioConfig, TopologyConfig, WorkloadConfig
 from envs.sim.records import Stage
-from envs.sim.run import build_cluster
+from envs.sim.run import build_cluster, random_streams
+from envs.sim.workload import open_loop_starts
+from eval.busy_check import compare, main, open_loop, with_seed
 
 
 def test_each_rule_is_strict_and_any_one_makes_a_worker_busy():
@@ -178,3 +184,35 @@ def test_the_busy_lever_is_refused_where_dynamo_has_no_busy_threshold():
             overrides=("router.mode=llm_d",),
             knobs=[["overlap_score_weight", 0, 2], [BUSY_LEVER, 0.5, 8.0]],
         )
+
+
+def first_tries(scenario: ScenarioConfig) -> list[float]:
+    """Each session's first send in the simulator, in order."""
+    cluster = build_cluster(scenario)
+    cluster.env.run()
+    first: dict[int, float] = {}
+    for session, time_s in [(r.session_id, r.arrival_s) for r in cluster.records] + [
+        (r.session_id, r.time_s) for r in cluster.rejections
+    ]:
+        first[session] = min(first.get(session, math.inf), time_s)
+    return sorted(first.values())
+
+
+def test_the_busy_check_sends_each_seeds_arrivals_to_both_sides_and_averages_over_seeds(tmp_path):
+    scenario, _ = load_scenario("agg-4w-prefix", ["router.active_prefill_tokens_threshold_frac=0.25"])
+    scenario = open_loop(scenario, 60.0, 5.0)
+    for seed in (0, 1):  # the simulator's first tries are the live client's schedule for the seed
+        seeded = with_seed(scenario, seed)
+        starts = open_loop_starts(seeded.workload, random_streams(seed)["arrivals"])
+        schedule = list(itertools.takewhile(lambda t: t < 5.0, starts))
+        assert first_tries(seeded) == schedule and 250 < len(schedule) < 350
+    comparison = compare(scenario, None, [0, 1])
+    sims = [pair.sim for pair in comparison.pairs]
+    assert [pair.seed for pair in comparison.pairs] == [0, 1] and sims[0] != sims[1]
+    assert comparison.sim_share_mean == pytest.approx(np.mean([s.rejected_share for s in sims]))
+    assert comparison.sim_completed_mean == np.mean([s.num_completed for s in sims])
+    assert all(pair.real is None for pair in comparison.pairs) and math.isnan(comparison.share_ratio)
+    path = tmp_path / "busy.json"
+    assert main(["--sim-only", "--seeds", "2", "--duration-s", "5", "--json", str(path)]) == 0
+    [saved] = json.loads(path.read_text())
+    assert saved["frac"] == 0.25 and saved["sim_share_mean"] == comparison.sim_share_mean
