@@ -109,7 +109,10 @@ def dynamo_planner(
         from dynamo.planner.offline.replay_adapter import create_replay_planner_adapter
     except ImportError as error:
         raise UserError(f"Dynamo's Planner cannot be imported ({error}); {INSTALL_HINT}") from None
-    logging.getLogger("dynamo.planner").setLevel(logging.WARNING)  # it logs every tick at INFO
+    # It logs every tick at INFO, and warns whenever a pool has a worker that has run no forward pass
+    # since it started ("Worker count mismatch"; the tick is skipped, as in Dynamo's replay) and
+    # that its offline registry accepts any caller: expected here, and they would bury eval tables.
+    logging.getLogger("dynamo.planner").setLevel(logging.ERROR)
     config = PlannerConfig.from_config_arg(json.dumps(planner_config(scenario, target, load_interval_s)))
     config.advisory = True  # decisions go to the hook, as in the replay
     if scenario.topology.mode == "agg":
