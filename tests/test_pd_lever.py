@@ -1,6 +1,6 @@
 """The live P/D lever's refusals, without a deployment: which records `check_movable` refuses and
 why, and an exported lever policy whose range does not fit a deployment's budget (the shipped
-`checkpoints/levers-multiturn`, trained on a six-worker budget, on a budget of three)."""
+lever policies, each on the smallest budget its range fits and on one worker fewer)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from envs.live.deploy import Deployment
 from envs.live.pools import PoolError, check_movable
 from envs.sim.knobs import KnobRange
 
-EXPORT = Path(__file__).resolve().parents[1] / "checkpoints" / "levers-multiturn" / "export"
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SPLIT = ["frontend", "prefill-worker-0", "prefill-worker-1", "decode-worker-0"]
 
 
@@ -44,9 +44,18 @@ def test_a_deployment_that_cannot_move_is_refused_with_the_reason(tmp_path, name
     assert isinstance(error.value, UserError)  # shown without a traceback
 
 
-def test_an_exported_lever_policy_outside_the_budget_is_refused_with_its_range(tmp_path):
-    knobs = tuple(KnobRange(k.name, k.low, k.high) for k in OnnxPolicy.load(EXPORT).knobs)
-    assert KnobRange("num_prefill_workers", 1.0, 5.0) in knobs
-    PoolMover(tmp_path, budget=6, lever_every=6).check_range(knobs, str(EXPORT))
-    with pytest.raises(UserError, match=r"num_prefill_workers range \[1, 5\] must lie in \[1, 2\]"):
-        PoolMover(tmp_path, budget=3, lever_every=6).check_range(knobs, str(EXPORT))
+@pytest.mark.parametrize(
+    ("name", "high", "smallest_budget"),
+    [("levers-multiturn", 5, 6), ("levers-2p4d", 4, 5)],  # trained on [1, 5] and [1, 4] of six
+)
+def test_an_exported_lever_policy_outside_the_budget_is_refused_with_its_range(
+    tmp_path, name, high, smallest_budget
+):
+    export = CHECKPOINTS / name / "export"
+    knobs = tuple(KnobRange(k.name, k.low, k.high) for k in OnnxPolicy.load(export).knobs)
+    assert KnobRange("num_prefill_workers", 1.0, float(high)) in knobs
+    PoolMover(tmp_path, budget=smallest_budget, lever_every=6).check_range(knobs, str(export))
+    with pytest.raises(
+        UserError, match=rf"num_prefill_workers range \[1, {high}\] must lie in \[1, {high - 1}\]"
+    ):
+        PoolMover(tmp_path, budget=smallest_budget - 1, lever_every=6).check_range(knobs, str(export))
