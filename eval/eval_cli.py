@@ -189,12 +189,14 @@ def _check_policy(setup: EpisodeSetup, name: str) -> None:
     """The policy builds on the scenario now (its knobs and features fit), not in a worker."""
     from agents.base import PolicyContext
     from envs.errors import ScenarioError
+    from envs.sim.knobs import LEVERS
 
     named = resolve(name)
     try:
         named.build(PolicyContext.from_env(setup.env(named.overrides)))
     except (ScenarioError, PolicySpecError) as error:
-        raise UserError(f"policy '{name}' cannot run on {setup.scenario}: {error}") from None
+        hint = "; --levers NAME=LOW:HIGH sets a lever's range" if any(n in str(error) for n in LEVERS) else ""
+        raise UserError(f"policy '{name}' cannot run on {setup.scenario}: {error}{hint}") from None
 
 
 def _search_values(text: str | None, setup: EpisodeSetup) -> dict[str, tuple[float, ...]]:

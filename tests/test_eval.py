@@ -103,7 +103,8 @@ def test_a_lever_range_on_the_command_line_fits_a_policy_trained_on_it(capsys):
     shipped = "ppo:checkpoints/levers-2p4d"  # trained with num_prefill_workers in [1, 4] of a budget of 6
     args = ["eval", "disagg-2p4d-multiturn-budget6", "--policies", shipped, "--levers"]
     assert main([*args, "num_prefill_workers"]) == 2  # the widest range, [1, 5], is not its own
-    assert "num_prefill_workers [1, 4]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "num_prefill_workers [1, 4]" in err and "--levers NAME=LOW:HIGH" in err
     plain = EpisodeSetup("disagg-2p4d-multiturn-budget6", ScheduleConfig())
     setup = _with_levers(plain, "num_prefill_workers=1:4")
     assert setup.knobs[-1] == ("num_prefill_workers", 1.0, 4.0)
