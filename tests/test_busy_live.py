@@ -3,8 +3,8 @@ sets them hop-free through `POST /busy_threshold`, and the simulator's rule matc
 
 Oracles: the frontend's own `GET /busy_threshold` (the sidecar's value reached it); the reference
 system, Dynamo's frontend with mocker workers, against the simulator on the same scenario, Poisson
-arrivals and run length (`eval.busy_check`): both turn requests away at a tight threshold, almost
-none at a loose one and none without, and complete the same requests.
+arrivals and run length, seed by seed (`eval.busy_check`): both turn requests away at a tight
+threshold, almost none at a loose one and none without, and complete the same requests.
 """
 
 from __future__ import annotations
@@ -18,16 +18,12 @@ import pytest
 
 from envs.live.deploy import down, dynamo_installed, up
 from envs.scenarios import load_scenario
-from eval.busy_check import live, open_loop, simulated
+from eval.busy_check import DURATION_S, RATE_RPS, SCENARIO, BusyComparison, compare, open_loop
 
 pytestmark = [
     pytest.mark.live,
     pytest.mark.skipif(not dynamo_installed(), reason="ai-dynamo not installed (run `make dynamo`)"),
 ]
-
-SCENARIO = "agg-4w-prefix"
-RATE_RPS = 60.0  # Poisson, past what 4 workers serve without queueing (mean TTFT 0.1 s)
-DURATION_S = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -59,23 +55,32 @@ def test_the_sidecar_sets_the_busy_threshold_on_the_frontend_without_a_knob_rout
     assert refused.returncode == 2 and "need the knob router" in refused.stderr
 
 
-def outcomes(deployment, frac: float):
+def outcomes(deployment, frac: float, seeds: int = 1) -> BusyComparison:
+    """Poisson 60 req/s for 20 s through both sides, the same arrivals for each seed 0 .. seeds-1."""
     scenario, _ = load_scenario(SCENARIO, [f"router.active_prefill_tokens_threshold_frac={frac}"])
-    scenario = open_loop(scenario, RATE_RPS, DURATION_S)
-    return simulated(scenario), live(scenario, deployment)
+    return compare(open_loop(scenario, RATE_RPS, DURATION_S), deployment, range(seeds))
+
+
+def sides(comparison: BusyComparison):
+    """The seeds' outcomes, simulator and Dynamo."""
+    return [(pair.sim, pair.real) for pair in comparison.pairs]
 
 
 def test_the_simulator_turns_away_what_dynamos_frontend_turns_away(deployment):
     # Busy past 0.25 x 8192 = 2048 booked prompt tokens: about one uncached prompt per worker.
-    sim, real = outcomes(deployment, 0.25)
-    assert sim.rejected_share > 0.05 and real.rejected_share > 0.05
-    # Dynamo turns away more (measured 1.3x to 2.0x the share, 1.4x to 1.6x on a quiet machine): the
-    # same rule on the same booked tokens, but each busy spell lasts longer live and the share at
-    # this tight threshold amplifies that (eval/RESULTS.md). A ratio outside the band is a change.
-    assert 1.0 < real.rejected_share / sim.rejected_share < 2.4
-    # Every turned-away request comes back, so as many complete as without shedding.
-    assert abs(real.num_completed / sim.num_completed - 1) < 0.05
-    sim_loose, real_loose = outcomes(deployment, 0.5)  # twice the room: almost nothing turned away
-    assert sim_loose.rejected_share < 0.02 and real_loose.rejected_share < 0.02
-    sim_off, real_off = outcomes(deployment, 1e6)  # a threshold no load reaches
-    assert sim_off.num_rejected == 0 and real_off.num_rejected == 0
+    tight = outcomes(deployment, 0.25, seeds=2)
+    for sim, real in sides(tight):
+        assert sim.rejected_share > 0.05 and real.rejected_share > 0.05
+        # Every turned-away request comes back, so as many complete as without shedding.
+        assert abs(real.num_completed / sim.num_completed - 1) < 0.05
+    # Dynamo turns away more: the same rule on the same booked tokens, but each busy spell lasts
+    # longer live and the share at this tight threshold amplifies that (eval/RESULTS.md). One
+    # run's share hangs on its arrivals (seed 3: Dynamo 13.8-15.8%, simulator 16.3%), so the band
+    # is on the ratio of the two seeds' mean shares: measured 1.42 and 1.45 (1.21-1.28 over 4
+    # seeds, 1.23 over 8); a lag-free frontend would still give about 1.13 (the simulator's own
+    # spread under negligible jitter), and a loaded machine more (seed 0 alone up to 2.0x).
+    assert 1.0 < tight.share_ratio < 2.1
+    for sim, real in sides(outcomes(deployment, 0.5)):  # twice the room: almost nothing turned away
+        assert sim.rejected_share < 0.02 and real.rejected_share < 0.02
+    for sim, real in sides(outcomes(deployment, 1e6)):  # a threshold no load reaches
+        assert sim.num_rejected == 0 and real.num_rejected == 0
