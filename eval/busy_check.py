@@ -324,7 +324,20 @@ def _run_all(args: argparse.Namespace, deployment: Deployment | None) -> list[Bu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from envs.errors import UserError
+
     args = _parse(argv)
+    try:
+        comparisons = _comparisons(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        Path(args.json).write_text(json.dumps([as_json(c) for c in comparisons], indent=2) + "\n")
+    return 0
+
+
+def _comparisons(args: argparse.Namespace) -> list[BusyComparison]:
     if args.sim_only:
         comparisons = _run_all(args, None)
     elif args.workdir:
@@ -339,9 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 comparisons = _run_all(args, deployment)
             finally:
                 down(Path(tmp))
-    if args.json:
-        Path(args.json).write_text(json.dumps([as_json(c) for c in comparisons], indent=2) + "\n")
-    return 0
+    return comparisons
 
 
 if __name__ == "__main__":

@@ -216,3 +216,9 @@ def test_the_busy_check_sends_each_seeds_arrivals_to_both_sides_and_averages_ove
     assert main(["--sim-only", "--seeds", "2", "--duration-s", "5", "--json", str(path)]) == 0
     [saved] = json.loads(path.read_text())
     assert saved["frac"] == 0.25 and saved["sim_share_mean"] == comparison.sim_share_mean
+
+
+def test_the_busy_check_names_an_unknown_scenario_without_a_traceback(capsys):
+    assert main(["no-such-preset", "--sim-only"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown scenario 'no-such-preset'" in err and "Traceback" not in err
