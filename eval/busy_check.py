@@ -193,17 +193,19 @@ class BusyComparison:
     frac: float | None
     pairs: tuple[SeedPair, ...]
 
+    def _sims(self) -> list[BusyOutcome]:
+        return [p.sim for p in self.pairs]
+
     def _reals(self) -> list[BusyOutcome]:
         return [p.real for p in self.pairs if p.real is not None]
 
     @property
     def sim_share_mean(self) -> float:
-        return float(np.mean([p.sim.rejected_share for p in self.pairs]))
+        return _mean([o.rejected_share for o in self._sims()])
 
     @property
     def real_share_mean(self) -> float:
-        reals = self._reals()
-        return float(np.mean([r.rejected_share for r in reals])) if reals else float("nan")
+        return _mean([o.rejected_share for o in self._reals()])
 
     @property
     def share_ratio(self) -> float:
@@ -213,12 +215,16 @@ class BusyComparison:
 
     @property
     def sim_completed_mean(self) -> float:
-        return float(np.mean([p.sim.num_completed for p in self.pairs]))
+        return _mean([o.num_completed for o in self._sims()])
 
     @property
     def real_completed_mean(self) -> float:
-        reals = self._reals()
-        return float(np.mean([r.num_completed for r in reals])) if reals else float("nan")
+        return _mean([o.num_completed for o in self._reals()])
+
+
+def _mean(values: Sequence[float]) -> float:
+    """NaN for a side that did not run."""
+    return float(np.mean(values)) if values else float("nan")
 
 
 def with_seed(scenario: ScenarioConfig, seed: int) -> ScenarioConfig:
