@@ -31,6 +31,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--timesteps", type=int, help="total environment steps (overrides n_timesteps)")
     parser.add_argument("--n-envs", type=int, help="environments, one process each (overrides n_envs)")
     parser.add_argument("--seed", type=int, help="training seed (overrides the config's)")
+    parser.add_argument(
+        "--validation-seeds",
+        type=int,
+        help="validation seeds per check (overrides eval.num_validation_seeds; with --resume, the "
+        "selected model is scored again on them first)",
+    )
     parser.add_argument("--out", type=Path, default=Path("checkpoints/run"), help="checkpoint directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its snapshot")
     parser.add_argument("--wandb", action="store_true", help="log to W&B (offline without credentials)")
@@ -54,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--resume is for --engine sb3; an RLlib run restarts from its config")
     if args.resume and args.config is not None:
         raise UserError("--resume continues with the run's own config.yaml; drop --config")
-    for flag in ("timesteps", "n_envs", "jobs"):
+    for flag in ("timesteps", "n_envs", "jobs", "validation_seeds"):
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "jobs" else 1):
             raise UserError(f"--{flag.replace('_', '-')} must be >= {0 if flag == 'jobs' else 1}")
@@ -62,6 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_train_config(path)
     try:
         config = config.with_overrides(n_timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed)
+        config = config.with_validation_seeds(args.validation_seeds)
     except ValueError as error:
         raise UserError(f"train: {error}") from None
     if args.engine == "rllib":

@@ -244,7 +244,38 @@ def test_resume_continues_from_the_last_snapshot(twin_runs, tmp_path):
     assert [entry["num_timesteps"] for entry in history] == [32, 64]
 
 
+def test_resume_on_more_validation_seeds_rescores_the_selected_model(twin_runs, tmp_path):
+    """Scores on 1 and 2 seeds are not compared: the selected model is scored on 2 first, and that
+    score equals an independent evaluation of it (scripts/revalidate.py's engine) on those seeds."""
+    from training.validation import VALIDATION_SEED_BASE, mean_reward, run_evaluations, scores
+
+    run = tmp_path / "b"
+    shutil.copytree(twin_runs / "b", run)
+    config = load_train_config(run / "config.yaml").with_validation_seeds(2)
+    name = f"ppo:{run}"
+    expected = mean_reward(scores(run_evaluations(config, [name], 2, VALIDATION_SEED_BASE, 2)), name)
+    args = ["train", "--out", str(run), "--resume", "--timesteps", "64", "--validation-seeds", "2"]
+    assert main([*args, "--no-test", "--no-progress", "--jobs", "2"]) == 0
+    history = json.loads((run / "validation.json").read_text())
+    assert [(h["num_timesteps"], h["num_seeds"], h.get("rescored", False)) for h in history] == [
+        (32, 1, False),
+        (32, 2, True),
+        (64, 2, False),
+    ]
+    assert history[1]["score"] == expected and history[1]["selected"]
+    assert history[2]["selected"] == (history[2]["score"] > expected)
+    assert load_train_config(run / "config.yaml").eval.num_validation_seeds == 2
+
+
 def test_refuses_to_overwrite_or_resume_nothing(tmp_path, twin_runs):
     path = write_config(tmp_path)
     assert main(["train", "--config", str(path), "--out", str(twin_runs / "a"), "--no-progress"]) == 2
     assert main(["train", "--out", str(tmp_path / "empty"), "--resume", "--no-progress"]) == 2
+
+
+@pytest.mark.parametrize("flag", ["--timesteps", "--n-envs", "--validation-seeds"])
+def test_counts_below_one_are_refused_with_the_flag_named(tmp_path, capsys, flag):
+    path = write_config(tmp_path)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "x"), flag, "0"]) == 2
+    assert f"{flag} must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -83,12 +83,13 @@ class ValidationCallback(BaseCallback):
         out_dir: Path,
         jobs: int,
         export: Callable[[Path, Path], object],
+        legacy_num_seeds: int | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.out_dir = out_dir
         self.export = export
-        self.book = ValidationBook(config, out_dir, jobs)
+        self.book = ValidationBook(config, out_dir, jobs, legacy_num_seeds)
         self._next = 0
 
     @property

@@ -20,6 +20,7 @@ from typing import Any
 from agents.evaluate import EVAL_SEED_BASE, Evaluation
 from envs.errors import UserError
 from training.checkpoint import (
+    CONFIG_FILE,
     EVAL_FILE,
     EXPORT_DIR,
     LAST_DIR,
@@ -75,6 +76,7 @@ def train(config: TrainConfig, request: TrainRequest) -> TrainResult:
         raise UserError("--wandb needs W&B and TensorBoard: pip install 'poa-gym[wandb]'")
     out_dir = request.out_dir
     snapshot = _check_out_dir(out_dir, request.resume)
+    saved_seeds = _saved_validation_seeds(out_dir) if snapshot else None
     write_config(config, out_dir)
     write_run_info(out_dir, request.command)
     jobs = request.jobs or os.cpu_count() or 1
@@ -86,7 +88,7 @@ def train(config: TrainConfig, request: TrainRequest) -> TrainResult:
         callbacks.append(callback)
     venv = make_training_env(config, snapshot)
     model = _model(config, venv, out_dir, snapshot)
-    ours, validation = _callbacks(config, out_dir, jobs)
+    ours, validation = _callbacks(config, out_dir, jobs, saved_seeds)
     callbacks = ours + callbacks
     from stable_baselines3.common.callbacks import CallbackList
 
@@ -119,6 +121,16 @@ def _check_out_dir(out_dir: Path, resume: bool) -> Path | None:
         raise UserError(f"{out_dir}: holds a training run; pass --resume to continue it, or another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     return snapshot
+
+
+def _saved_validation_seeds(out_dir: Path) -> int | None:
+    """The validation seed count in the run's saved config (before a resume rewrites it)."""
+    from training.config import load_train_config
+
+    try:
+        return load_train_config(out_dir / CONFIG_FILE).eval.num_validation_seeds
+    except UserError:
+        return None
 
 
 def make_training_env(config: TrainConfig, snapshot: Path | None = None) -> Any:
@@ -182,11 +194,13 @@ def _logger(directory: Path) -> Any:
     return configure(str(directory), formats)
 
 
-def _callbacks(config: TrainConfig, out_dir: Path, jobs: int) -> tuple[list[Any], Any]:
+def _callbacks(
+    config: TrainConfig, out_dir: Path, jobs: int, saved_seeds: int | None
+) -> tuple[list[Any], Any]:
     from training.callbacks import RolloutMetricsCallback, SnapshotCallback, ValidationCallback
     from training.export import export_checkpoint
 
-    validation = ValidationCallback(config, out_dir, jobs, export_checkpoint)
+    validation = ValidationCallback(config, out_dir, jobs, export_checkpoint, saved_seeds)
     return [RolloutMetricsCallback(), SnapshotCallback(config, out_dir / LAST_DIR), validation], validation
 
 

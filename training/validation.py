@@ -129,24 +129,46 @@ def candidate_name(directory: Path) -> str:
 
 class ValidationBook:
     """What both engines' validation shares: the history (`validation.json`), the best score,
-    and the knee controller's score, evaluated once per run."""
+    and the knee controller's score, evaluated once per run.
 
-    def __init__(self, config: Any, out_dir: Path, jobs: int) -> None:
+    Scores on different numbers of validation seeds are not compared: each entry records its
+    `num_seeds`, and the best is taken over entries on the current count. A run resumed with
+    more seeds (`poa-gym train --resume --validation-seeds N`) first scores its selected model
+    on them (an entry marked `rescored`), so a new candidate must beat it on equal terms.
+    `legacy_num_seeds` is the count of entries written before entries carried one (the run's
+    saved config); None means the current count."""
+
+    def __init__(self, config: Any, out_dir: Path, jobs: int, legacy_num_seeds: int | None = None) -> None:
         self.config = config
         self.out_dir = out_dir
         self.jobs = jobs
+        self.num_seeds = int(config.eval.num_validation_seeds)
         path = out_dir / "validation.json"
         self.history: list[dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else []
-        self.best = max((entry["score"] for entry in self.history), default=-math.inf)
+        for entry in self.history:
+            entry.setdefault("num_seeds", legacy_num_seeds or self.num_seeds)
+        comparable = [entry["score"] for entry in self.history if entry["num_seeds"] == self.num_seeds]
+        self.best = max(comparable, default=-math.inf)
         self._knee: list[ScenarioScore] | None = None
 
     def evaluate(self, candidate: Path) -> tuple[list[ScenarioScore], list[ScenarioScore], float]:
         """The candidate's and the knee controller's scores, and the candidate's selection score."""
-        name = candidate_name(candidate)
-        mine = self.score([name])
         if self._knee is None:  # the baseline does not change during a run
             self._knee = self.score(["knee"])
+        self._rescore_selected()
+        name = candidate_name(candidate)
+        mine = self.score([name])
         return mine, self._knee, mean_reward(mine, name)
+
+    def _rescore_selected(self) -> None:
+        """The selected model on the current seeds, when it was chosen on another count."""
+        if self.best > -math.inf or not self.history or not (self.out_dir / "export").is_dir():
+            return
+        selected = [entry for entry in self.history if entry["selected"]]
+        name = candidate_name(self.out_dir)
+        mine = self.score([name])
+        steps = selected[-1]["num_timesteps"] if selected else self.history[-1]["num_timesteps"]
+        self._append(steps, mine, mean_reward(mine, name), selected=True, rescored=True)
 
     def score(self, policies: list[str]) -> list[ScenarioScore]:
         evaluations = run_evaluations(
@@ -159,15 +181,28 @@ class ValidationBook:
     ) -> bool:
         """Append the validation to `validation.json`; True when it is the best so far."""
         improved = score > self.best
-        self.best = max(self.best, score)
-        self.history.append(
-            {
-                "num_timesteps": int(num_timesteps),
-                "score": score,
-                "knee_score": mean_reward(knee, "knee"),
-                "selected": improved,
-                "scenarios": {item.scenario: item.metrics() for item in mine},
-            }
-        )
-        (self.out_dir / "validation.json").write_text(json.dumps(self.history, indent=2) + "\n")
+        self._append(num_timesteps, mine, score, selected=improved, knee=knee)
         return improved
+
+    def _append(
+        self,
+        num_timesteps: int,
+        mine: list[ScenarioScore],
+        score: float,
+        selected: bool,
+        knee: list[ScenarioScore] | None = None,
+        rescored: bool = False,
+    ) -> None:
+        self.best = max(self.best, score)
+        entry = {
+            "num_timesteps": int(num_timesteps),
+            "score": score,
+            "knee_score": mean_reward(knee or self._knee or [], "knee"),
+            "selected": selected,
+            "num_seeds": self.num_seeds,
+            "scenarios": {item.scenario: item.metrics() for item in mine},
+        }
+        if rescored:
+            entry["rescored"] = True
+        self.history.append(entry)
+        (self.out_dir / "validation.json").write_text(json.dumps(self.history, indent=2) + "\n")
