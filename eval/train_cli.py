@@ -32,6 +32,11 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--n-envs", type=int, help="environments, one process each (overrides n_envs)")
     parser.add_argument("--seed", type=int, help="training seed (overrides the config's)")
     parser.add_argument(
+        "--learning-rate",
+        type=float,
+        help="PPO's learning rate (overrides the config's; with --resume, the resumed model's too)",
+    )
+    parser.add_argument(
         "--validation-seeds",
         type=int,
         help="validation seeds per check (overrides eval.num_validation_seeds; with --resume, the "
@@ -64,11 +69,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "jobs" else 1):
             raise UserError(f"--{flag.replace('_', '-')} must be >= {0 if flag == 'jobs' else 1}")
+    if args.learning_rate is not None and not 0 < args.learning_rate < 1:
+        raise UserError(f"--learning-rate must be in (0, 1), got {args.learning_rate}")
     path = args.out / CONFIG_FILE if args.resume else args.config
     config = load_train_config(path)
     try:
         config = config.with_overrides(n_timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed)
-        config = config.with_validation_seeds(args.validation_seeds)
+        config = config.with_validation_seeds(args.validation_seeds).with_learning_rate(args.learning_rate)
     except ValueError as error:
         raise UserError(f"train: {error}") from None
     if args.engine == "rllib":

@@ -267,15 +267,40 @@ def test_resume_on_more_validation_seeds_rescores_the_selected_model(twin_runs, 
     assert load_train_config(run / "config.yaml").eval.num_validation_seeds == 2
 
 
+def test_resume_with_a_new_learning_rate_trains_at_it(twin_runs, tmp_path):
+    """The resumed model is what the run's config says: SB3's own load of the result shows the
+    new rate, and the optimizer's step size is it (SB3 sets it from the schedule each update)."""
+    from stable_baselines3 import PPO
+
+    run = tmp_path / "b"
+    shutil.copytree(twin_runs / "b", run)
+    args = ["train", "--out", str(run), "--resume", "--timesteps", "64", "--learning-rate", "1e-5"]
+    assert main([*args, "--no-test", "--no-progress", "--jobs", "2"]) == 0
+    model = PPO.load(run / "last" / "model.zip", device="cpu")
+    assert model.learning_rate == 1e-5 and model.lr_schedule(0.5) == 1e-5
+    assert [group["lr"] for group in model.policy.optimizer.param_groups] == [1e-5]
+    assert load_train_config(run / "config.yaml").ppo["learning_rate"] == 1e-5
+    before = PPO.load(twin_runs / "b" / "last" / "model.zip", device="cpu")
+    assert before.learning_rate != 1e-5
+
+
 def test_refuses_to_overwrite_or_resume_nothing(tmp_path, twin_runs):
     path = write_config(tmp_path)
     assert main(["train", "--config", str(path), "--out", str(twin_runs / "a"), "--no-progress"]) == 2
     assert main(["train", "--out", str(tmp_path / "empty"), "--resume", "--no-progress"]) == 2
 
 
-@pytest.mark.parametrize("flag", ["--timesteps", "--n-envs", "--validation-seeds"])
-def test_counts_below_one_are_refused_with_the_flag_named(tmp_path, capsys, flag):
+@pytest.mark.parametrize(
+    ("flag", "value", "rule"),
+    [
+        ("--timesteps", "0", "--timesteps must be >= 1"),
+        ("--n-envs", "0", "--n-envs must be >= 1"),
+        ("--validation-seeds", "0", "--validation-seeds must be >= 1"),
+        ("--learning-rate", "0", "--learning-rate must be in (0, 1)"),
+    ],
+)
+def test_bad_counts_and_rates_are_refused_with_the_flag_named(tmp_path, capsys, flag, value, rule):
     path = write_config(tmp_path)
-    assert main(["train", "--config", str(path), "--out", str(tmp_path / "x"), flag, "0"]) == 2
-    assert f"{flag} must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "x"), flag, value]) == 2
+    assert rule in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -122,6 +122,12 @@ class TrainConfig:
         """A copy with command-line overrides (None leaves a field as it is)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def with_learning_rate(self, learning_rate: float | None) -> TrainConfig:
+        """A copy with PPO's learning rate set (None leaves it as it is)."""
+        if learning_rate is None:
+            return self
+        return dataclasses.replace(self, ppo={**self.ppo, "learning_rate": learning_rate})
+
     def with_validation_seeds(self, num_seeds: int | None) -> TrainConfig:
         """A copy validating on `num_seeds` seeds (None leaves it as it is)."""
         if num_seeds is None:

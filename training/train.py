@@ -158,7 +158,10 @@ def _model(config: TrainConfig, venv: Any, out_dir: Path, snapshot: Path | None)
     from stable_baselines3 import PPO
 
     if snapshot is not None:
-        model = PPO.load(snapshot / MODEL_FILE, env=venv, device="cpu")
+        # The config's PPO arguments, not only the snapshot's: a resumed run is what its
+        # config.yaml says (a new learning rate takes effect; the network must stay as it is).
+        hyper = {k: v for k, v in config.ppo.items() if k != "policy_kwargs"}
+        model = PPO.load(snapshot / MODEL_FILE, env=venv, device="cpu", **hyper)
     else:
         model = PPO(config.policy, venv, seed=config.seed, device="cpu", verbose=0, **dict(config.ppo))
         if config.start_at_defaults:
