@@ -27,7 +27,8 @@ and throughput. `info["feature_names"]` (at reset) names every entry.
 
 ## Rewards
 `envs.reward`: -ln PoA-hat - log10(TTFT P99 / 0.1 s), minus a steep penalty when throughput
-(decode tokens/s) falls more than 3% below the default router's at the same load. Terms in
+(decode tokens/s) falls more than 3% below the default router's at the same load; optionally
+(`reward: {itl_weight: W, itl_slo_s: S}`) minus W log10(ITL P99 / S) past an ITL SLO. Terms in
 `info["reward_terms"]`.
 
 ## Starting state
@@ -260,8 +261,10 @@ class DisaggRoutingEnv(gym.Env):
         reference_tok_s = 0.0
         if self.config.reward.throughput_weight and self._live is None:
             reference_tok_s = self._active.reference.at(min(concurrency, previous))
-        terms = reward_terms(self.config.reward, poa.poa_hat, list(finished), decode_tok_s, reference_tok_s)
         latency = summarize(finished)
+        terms = reward_terms(
+            self.config.reward, poa.poa_hat, list(finished), decode_tok_s, reference_tok_s, latency.itl_p99_s
+        )
         self._step += 1
         info = {
             "reward_terms": terms,

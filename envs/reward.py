@@ -3,6 +3,7 @@
     poa         = -poa_weight * ln(PoA-hat of the requests that finished in the interval)
     ttft_p99    = -ttft_p99_weight * log10(TTFT P99 / ttft_ref_s)
     throughput  = -throughput_weight * max(0, (1 - throughput_tolerance) - X / X_default(C))
+    itl         = -itl_weight * max(0, log10(ITL P99 / itl_slo_s))     (only when itl_weight > 0)
 
 Why this shape: the paper's goal is a lower PoA-hat and a lower tail TTFT; logs make halving
 either worth the same everywhere on the load curve, so the agent is not dominated by deep
@@ -20,6 +21,12 @@ The reference needs a warm-up of several think times: with 3 s, its clients had 
 between turns, and the default router itself fell 35-60% short of it on agg8 at C = 256.
 `X_default(C)` is measured the same way by short simulations of the default router
 (`ReferenceThroughput`).
+
+The ITL term is an SLO hinge, off by default: none of the other terms sees decode speed, so a
+policy that moves workers from decode to prefill may triple ITL P99 unpunished (the shipped
+levers-multiturn policy: 24 against 8 ms). Within the SLO it costs nothing, so it only bounds
+that trade; 50 ms is the Dynamo Planner's default ITL target. Off, the term is not reported at
+all, so rewards and logs are exactly what they were without it.
 """
 
 from __future__ import annotations
@@ -43,9 +50,11 @@ class RewardConfig:
     throughput_weight: float = 20.0
     throughput_tolerance: float = 0.03
     ttft_ref_s: float = 0.1
+    itl_weight: float = 0.0
+    itl_slo_s: float = 0.05
 
     def __post_init__(self) -> None:
-        for name in ("poa_weight", "ttft_p99_weight", "throughput_weight"):
+        for name in ("poa_weight", "ttft_p99_weight", "throughput_weight", "itl_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"reward {name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.throughput_tolerance < 1:
@@ -54,6 +63,8 @@ class RewardConfig:
             )
         if not self.ttft_ref_s > 0:
             raise ValueError(f"reward ttft_ref_s must be > 0, got {self.ttft_ref_s}")
+        if not self.itl_slo_s > 0:
+            raise ValueError(f"reward itl_slo_s must be > 0, got {self.itl_slo_s}")
 
 
 def reward_terms(
@@ -62,6 +73,7 @@ def reward_terms(
     finished: list[RequestRecord],
     decode_tok_s: float,
     reference_tok_s: float,
+    itl_p99_s: float = math.nan,
 ) -> dict[str, float]:
     """The named terms of one interval (a term without data, e.g. no request finished, is 0)."""
     ttft_p99_s = percentile([r.ttft_s for r in finished], 99)
@@ -77,6 +89,9 @@ def reward_terms(
     if reference_tok_s > 0:
         shortfall = (1.0 - config.throughput_tolerance) - decode_tok_s / reference_tok_s
         terms["throughput"] = -config.throughput_weight * max(0.0, shortfall)
+    if config.itl_weight > 0:
+        over = math.log10(itl_p99_s / config.itl_slo_s) if math.isfinite(itl_p99_s) else 0.0
+        terms["itl"] = -config.itl_weight * max(0.0, over)
     return terms
 
 

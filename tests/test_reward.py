@@ -57,6 +57,45 @@ def test_terms_by_hand() -> None:
     assert reward_terms(config, 1.0, [], 130.0, 100.0)["throughput"] == 0.0
 
 
+def test_itl_hinge_by_hand() -> None:
+    config = RewardConfig(itl_weight=2.0, itl_slo_s=0.03)
+    # Twice the SLO: 2 x log10(2); within it, or no request with two tokens, nothing.
+    assert reward_terms(config, 1.0, [], 0.0, 0.0, 0.06)["itl"] == pytest.approx(-2.0 * math.log10(2.0))
+    assert reward_terms(config, 1.0, [], 0.0, 0.0, 0.02)["itl"] == 0.0
+    assert reward_terms(config, 1.0, [], 0.0, 0.0, math.nan)["itl"] == 0.0
+    # Off by default, and then not reported at all (logs and digests as before).
+    assert "itl" not in reward_terms(RewardConfig(), 1.0, [], 0.0, 0.0, 0.06)
+
+
+@pytest.mark.parametrize(("field", "value"), [("itl_weight", -1.0), ("itl_slo_s", 0.0)])
+def test_bad_itl_settings_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"reward {field} must be"):
+        RewardConfig(**{field: value})
+
+
+def test_itl_hinge_is_the_only_difference_in_a_twin_run() -> None:
+    """The same episode with and without the hinge: every other term is bit-identical, and the
+    reward differs by exactly the hinge on the interval's reported ITL P99."""
+    config = {
+        "scenario": "llama70b-b200-3p3d-multiturn",
+        "num_intervals": 4,
+        "schedule": {"kind": "constant", "high": 64},
+    }
+    plain = DisaggRoutingEnv(config)
+    hinged = DisaggRoutingEnv({**config, "reward": {"itl_weight": 3.0, "itl_slo_s": 0.005}})
+    plain.reset(seed=5)
+    hinged.reset(seed=5)
+    action = override_to_action(plain.default_values, plain.knobs)
+    for _ in range(4):
+        _, reward, *_, info = plain.step(action)
+        _, reward_hinged, *_, info_hinged = hinged.step(action)
+        itl = info_hinged["reward_terms"].pop("itl")
+        assert info_hinged["reward_terms"] == info["reward_terms"]
+        assert itl == pytest.approx(-3.0 * max(0.0, math.log10(info["itl_p99_s"] / 0.005)))
+        assert itl < 0  # 5 ms is below any ITL P99 of this preset at 64 clients
+        assert reward_hinged == pytest.approx(reward + itl)
+
+
 @pytest.mark.parametrize("name", ["llama70b-b200-3p3d-multiturn", "llama8b-h200-agg8-multiturn"])
 def test_default_router_meets_its_reference_at_a_steady_load(name: str) -> None:
     # The reference is the default router's own steady state, so at a constant client count the
