@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from envs.live.backend import LiveConfig
 from envs.reward import RewardConfig
@@ -63,10 +63,10 @@ class EnvConfig:
         if values.get("knobs") is not None:
             values["knobs"] = tuple(k if isinstance(k, KnobRange) else KnobRange(*k) for k in values["knobs"])
         if isinstance(values.get("reward"), Mapping):
-            values["reward"] = RewardConfig(**values["reward"])
+            values["reward"] = _build(RewardConfig, values["reward"], "reward")
         values["overrides"] = tuple(values.get("overrides", ()))
         if values.get("backend") == "dynamo" and not isinstance(values.get("live"), LiveConfig):
-            values["live"] = LiveConfig(**(values.get("live") or {}))
+            values["live"] = _build(LiveConfig, values.get("live") or {}, "live")
         return cls(**values)
 
 
@@ -75,4 +75,17 @@ def _schedule(value: ScheduleConfig | Mapping[str, Any] | str) -> ScheduleConfig
         return value
     if isinstance(value, str):
         return ScheduleConfig(kind=value)  # type: ignore[arg-type]
-    return ScheduleConfig(**value)
+    return _build(ScheduleConfig, value, "schedule")
+
+
+Built = TypeVar("Built")
+
+
+def _build(cls: type[Built], data: Mapping[str, Any], section: str) -> Built:
+    """A nested config from plain values; an unknown key is named with the section's known ones
+    (Python's own TypeError names neither the section nor the alternatives)."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{section}: unknown field(s) {unknown} (known: {sorted(known)})")
+    return cls(**data)

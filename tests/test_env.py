@@ -79,6 +79,19 @@ def test_bad_config_names_the_field() -> None:
         make_env({**SMALL, "knobs": [["overlap_score_credit", 0, 2]]})
 
 
+@pytest.mark.parametrize(
+    ("section", "value"),
+    [("reward", {"itl_wieght": 1.0}), ("schedule", {"kind": "ramp", "hi": 9}), ("live", {"urll": "x"})],
+)
+def test_a_nested_section_names_its_unknown_key_and_the_known_ones(section: str, value: dict) -> None:
+    data = {"scenario": "llama70b-b200-1p2d", section: value}
+    if section == "live":
+        data["backend"] = "dynamo"
+    (typo,) = set(value) - {"kind"}
+    with pytest.raises(ValueError, match=rf"^{section}: unknown field\(s\) \['{typo}'\] \(known: \["):
+        EnvConfig.from_dict(data)
+
+
 def test_knob_mapping_round_trips() -> None:
     knobs = (KnobRange("overlap_score_weight", 0.0, 2.0), KnobRange("router_temperature", 0.0, 1.0))
     assert action_to_override(np.array([-1.0, 1.0]), knobs) == {
