@@ -22,6 +22,7 @@ import numpy as np
 from agents.base import PolicyContext, StaticPolicy
 from agents.registry import resolve
 from envs.disagg_env import DisaggRoutingEnv
+from envs.reward import RewardConfig
 from envs.schedules import ScheduleConfig
 from envs.sim.metrics import percentile, summarize
 from envs.sim.records import RequestRecord
@@ -42,6 +43,8 @@ class EpisodeSetup:
     overrides: tuple[str, ...] = ()
     knee_band: tuple[int, int] = (96, 128)  # the paper's knee: C in (96, 128]
     knobs: tuple[tuple[str, float, float], ...] | None = None  # None: the environment's default
+    # The reward episodes are scored by: a training run's own (its validation), or eval's --reward.
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self) -> None:
         low, high = self.knee_band
@@ -60,6 +63,7 @@ class EpisodeSetup:
                 "warmup_s": self.warmup_s,
                 "overrides": (*self.overrides, *policy_overrides),
                 "knobs": self.knobs,
+                "reward": self.reward,
             }
         )
 

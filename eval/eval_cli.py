@@ -23,6 +23,7 @@ from envs.errors import UserError
 if TYPE_CHECKING:
     from agents.episodes import EpisodeSetup
     from agents.evaluate import Evaluation
+    from envs.reward import RewardConfig
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 180)
@@ -74,6 +75,13 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--search-seeds", type=int, default=1, help="seeds per search point (default 1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--reward",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a reward setting every policy is scored by (envs/reward.py), e.g. itl_weight=2",
+    )
     parser.add_argument(
         "--levers",
         default="",
@@ -143,6 +151,7 @@ def _setup(args: argparse.Namespace, policies: list[str]) -> EpisodeSetup:
             warmup_s=args.warmup_s,
             overrides=tuple(args.overrides),
             knee_band=(low, high),
+            reward=_reward(args.reward),
         )
         if args.levers:
             setup = _with_levers(setup, args.levers)
@@ -153,6 +162,25 @@ def _setup(args: argparse.Namespace, policies: list[str]) -> EpisodeSetup:
     except ValueError as error:
         raise UserError(f"eval: {error}") from None
     return setup
+
+
+def _reward(items: list[str]) -> RewardConfig:
+    """`--reward KEY=VALUE` settings as a validated reward config (ValueError names the rule)."""
+    import dataclasses
+
+    from envs.reward import RewardConfig
+
+    known = [f.name for f in dataclasses.fields(RewardConfig)]
+    values = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--reward {item!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        try:
+            values[key] = float(text)
+        except ValueError:
+            raise ValueError(f"--reward {item!r}: {text!r} is not a number") from None
+    return RewardConfig(**values)
 
 
 def _with_levers(setup: EpisodeSetup, text: str) -> EpisodeSetup:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
@@ -122,5 +123,41 @@ def test_a_lever_range_on_the_command_line_fits_a_policy_trained_on_it(capsys):
 )
 def test_a_bad_lever_range_is_refused_with_the_rule(capsys, lever, message):
     assert main(["eval", "disagg-2p4d-multiturn-budget6", "--levers", lever]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_reward_setting_scores_every_interval_by_it(tmp_path):
+    """A twin evaluation, once with the ITL hinge: each interval's reward is lower by exactly the
+    hinge on that interval's own ITL P99 (traces.csv), and nothing else differs."""
+    common = ["eval", "llama70b-b200-1p5d", "--policies", "default", "--seeds", "1", "--intervals", "4"]
+    common += ["--interval-s", "2", "--warmup-s", "4", "--no-plots", "--jobs", "1"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    hinge = ["--reward", "itl_weight=3", "--reward", "itl_slo_s=0.005"]
+    assert main([*common, *hinge, "--out", str(tmp_path / "hinged")]) == 0
+    rows = {}
+    for name in ("plain", "hinged"):
+        with (tmp_path / name / "traces.csv").open() as handle:
+            rows[name] = list(csv.DictReader(handle))
+    assert len(rows["plain"]) == 4
+    for plain, hinged in zip(rows["plain"], rows["hinged"], strict=True):
+        itl_p99_s = float(plain["itl_p99_s"])
+        expected = float(plain["reward"]) - 3.0 * max(0.0, math.log10(itl_p99_s / 0.005))
+        assert float(hinged["reward"]) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+        hinged.pop("reward"), plain.pop("reward")
+        assert hinged == plain
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("itl_wieght=2", "expected KEY=VALUE with KEY one of"),
+        ("itl_weight", "expected KEY=VALUE"),
+        ("itl_weight=lots", "'lots' is not a number"),
+        ("itl_slo_s=0", "reward itl_slo_s must be > 0"),
+    ],
+)
+def test_a_bad_reward_setting_is_refused_with_the_rule(capsys, setting, message):
+    assert main(["eval", "llama70b-b200-1p5d", "--reward", setting]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

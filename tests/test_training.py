@@ -304,3 +304,16 @@ def test_bad_counts_and_rates_are_refused_with_the_flag_named(tmp_path, capsys, 
     assert main(["train", "--config", str(path), "--out", str(tmp_path / "x"), flag, value]) == 2
     assert rule in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_validation_scores_by_the_reward_the_run_trains_on(tmp_path):
+    """A run trained with the ITL hinge is selected with it: its validation episodes' env has it."""
+    import dataclasses
+
+    from envs.reward import RewardConfig
+    from training.validation import episode_setup
+
+    config = load_train_config(write_config(tmp_path))
+    config = dataclasses.replace(config, env={**config.env, "reward": {"itl_weight": 2.0, "itl_slo_s": 0.03}})
+    setup = episode_setup(config, config.eval.scenarios[0])
+    assert setup.env().config.reward == RewardConfig(itl_weight=2.0, itl_slo_s=0.03) != RewardConfig()

@@ -51,6 +51,8 @@ def episode_setup(config: TrainConfig, scenario: str) -> EpisodeSetup:
         knee_band=evaluation.knee_band(scenario),
         # The training action space (levers included), so a candidate and its baselines share it.
         knobs=tuple((k.name, k.low, k.high) for k in env.knobs) if env.knobs else None,
+        # Selected by the reward it was trained on (an ITL hinge, say), not the default one.
+        reward=env.reward,
     )
 
 
