@@ -48,6 +48,12 @@ class Evaluation:
     def best_static(self) -> Mapping[str, float] | None:
         return best_point(self.search, self.defaults) if self.search else None
 
+    def seed_rewards(self) -> dict[str, list[float]]:
+        """Per policy, each eval seed's episode reward (the mean over its intervals), in seed order:
+        what "better on every eval seed" is judged on."""
+        by_key = {(name, seed): result.mean_reward for name, seed, result in self.episodes}
+        return {policy: [by_key[policy, seed] for seed in self.seeds] for policy in self.policies}
+
     def summary(self) -> list[PhaseSummary]:
         """Per policy and phase, the mean over seeds (seed = -1 marks an aggregate)."""
         rows = []
@@ -59,6 +65,12 @@ class Evaluation:
                         phases.setdefault(phase.phase, []).append(phase)
             rows += [_mean_phase(policy, items) for items in phases.values()]
         return rows
+
+
+def margin_pct(mine: float, theirs: float) -> float:
+    """How much higher (better) reward `mine` is than `theirs`, in % of |theirs|; NaN where
+    `theirs` is about 0 (a ratio to it means nothing)."""
+    return 100.0 * (mine - theirs) / abs(theirs) if abs(theirs) > 1e-9 else math.nan
 
 
 def _mean_phase(policy: str, items: Sequence[PhaseSummary]) -> PhaseSummary:

@@ -7,6 +7,7 @@ bad flag fails fast.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -42,7 +43,8 @@ episodes: warm-up, then --intervals control intervals of --interval-s simulated 
 count following --schedule. Eval seeds are 1000000 + 0..N-1 (training and searches use seeds below
 1000000). Phases: intervals with C <= knee low (below), in the band (knee), above it (saturated).
 Outputs in --out (default eval-out/<scenario>-<schedule>): traces.csv, summary.csv, summary.json,
-knobs.png, timeline.png.
+knobs.png, timeline.png. The printed tables: per-phase means, and each policy's episode reward on
+every eval seed (with --versus POLICY, its margin over POLICY on each, and the worst).
 """
 
 
@@ -83,6 +85,11 @@ def add_parser(commands: Any) -> None:
         help="a reward setting every policy is scored by (envs/reward.py), e.g. itl_weight=2",
     )
     parser.add_argument(
+        "--versus",
+        metavar="POLICY",
+        help="also show each policy's margin over POLICY on every eval seed (one of --policies)",
+    )
+    parser.add_argument(
         "--levers",
         default="",
         metavar="LEVER[=LOW:HIGH],...",
@@ -97,6 +104,8 @@ def add_parser(commands: Any) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     policies = _policies(args.policies)
+    if args.versus is not None and args.versus not in policies:
+        raise UserError(f"--versus {args.versus!r}: not one of --policies ({', '.join(policies)})")
     if args.seeds < 1 or args.search_seeds < 1 or args.jobs < 1:
         raise UserError("--seeds, --search-seeds and --jobs must be >= 1")
     setup = _setup(args, policies)
@@ -121,8 +130,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.no_plots:
         paths += write_plots(evaluation, out_dir)
     _print_summary(evaluation)
+    _print_seeds(evaluation, args.versus)
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _print_seeds(evaluation: Evaluation, versus: str | None) -> None:
+    rewards = evaluation.seed_rewards()
+    title = "episode reward per eval seed" + (f", and % better than {versus}" if versus else "")
+    table = Table(title=title)
+    table.add_column("policy")
+    for seed in evaluation.seeds:
+        table.add_column(str(seed), justify="right")
+    table.add_column("mean", justify="right")
+    if versus:
+        table.add_column("worst margin", justify="right")
+    for policy, values in rewards.items():
+        row = [f"{value:.3f}" for value in values] + [f"{sum(values) / len(values):.3f}"]
+        if versus and policy != versus:
+            margins = _margins(values, rewards[versus])
+            row = [f"{cell} ({_pct(m)})" for cell, m in zip(row, margins, strict=False)] + [row[-1]]
+            row.append(_pct(min(margins)) if all(math.isfinite(m) for m in margins) else "n/a")
+        table.add_row(policy, *row)
+    out.print(table)
+
+
+def _margins(mine: list[float], theirs: list[float]) -> list[float]:
+    from agents.evaluate import margin_pct
+
+    return [margin_pct(m, t) for m, t in zip(mine, theirs, strict=True)]
+
+
+def _pct(value: float) -> str:
+    return f"{value:+.1f}%" if math.isfinite(value) else "n/a"
 
 
 def _policies(text: str) -> list[str]:

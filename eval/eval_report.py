@@ -4,7 +4,8 @@ Files (in --out):
     traces.csv     one row per policy x seed x control interval (knobs, regime, PoA-hat, TTFT and
                    ITL P99, throughput, reward)
     summary.csv    one row per policy x phase, means over the eval seeds
-    summary.json   the same, with the setup, the seeds and the best-static search
+    summary.json   the same, with the setup, the seeds, the best-static search and each policy's
+                   episode reward per eval seed (`seed_rewards`)
     knobs.png      knob trajectories over time against the load, one panel per knob
     timeline.png   load, PoA-hat, TTFT P99 and throughput over time, one line per policy
 Plots show the first eval seed. Nothing in the files depends on the clock or on `--jobs`.
@@ -42,6 +43,7 @@ def write_results(evaluation: Evaluation, out_dir: Path) -> list[Path]:
             {"values": dict(p.values), "mean_reward": _finite(p.mean_reward)} for p in evaluation.search
         ],
         "summary": [{k: _finite(v) for k, v in row.items()} for row in summary],
+        "seed_rewards": {k: [_finite(v) for v in values] for k, values in evaluation.seed_rewards().items()},
     }
     json_path = out_dir / "summary.json"
     json_path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from agents.episodes import EVAL_SEED_BASE, EpisodeSetup, run_episode
-from agents.evaluate import SearchPoint, best_point, evaluate
+from agents.evaluate import SearchPoint, best_point, evaluate, margin_pct
 from envs.schedules import ScheduleConfig
 from eval.cli import main
 from eval.eval_report import write_results
@@ -81,6 +81,29 @@ def test_results_files_hold_every_interval_and_parse(tmp_path):
     payload = json.loads((tmp_path / "summary.json").read_text())
     assert payload["schema_version"] == 1 and payload["policies"] == ["default", "p2c"]
     assert {row["phase"] for row in payload["summary"]} == {"below", "saturated", "all"}
+
+
+def test_seed_rewards_are_the_episodes_interval_means_and_margins_by_hand(tmp_path):
+    """Oracle: traces.csv's rows per policy and seed; the margin is the acceptance's arithmetic."""
+    evaluation = evaluate(TINY, ["default", "p2c"], num_seeds=2, jobs=2)
+    write_results(evaluation, tmp_path)
+    with (tmp_path / "traces.csv").open() as handle:
+        traces = list(csv.DictReader(handle))
+    payload = json.loads((tmp_path / "summary.json").read_text())
+    for policy, values in evaluation.seed_rewards().items():
+        for seed, value in zip(evaluation.seeds, values, strict=True):
+            rows = [float(r["reward"]) for r in traces if r["policy"] == policy and int(r["seed"]) == seed]
+            assert len(rows) == TINY.num_intervals and value == pytest.approx(sum(rows) / len(rows))
+        assert payload["seed_rewards"][policy] == values
+    # Stop 24's 2P/4D seed 1000000: -0.748 against best-static's -0.883 is 15.3% better.
+    assert margin_pct(-0.748, -0.883) == pytest.approx(15.29, abs=0.01)
+    assert margin_pct(-2.0, -1.0) == -100.0 and math.isnan(margin_pct(0.5, 0.0))
+
+
+def test_versus_must_be_an_evaluated_policy(capsys):
+    assert main(["eval", "llama70b-b200-1p5d", "--policies", "default", "--versus", "knee"]) == 2
+    err = capsys.readouterr().err
+    assert "--versus 'knee': not one of --policies (default)" in err and "Traceback" not in err
 
 
 def test_cli_names_the_bad_policy_and_exits_2(capsys):
