@@ -146,12 +146,14 @@ def _print_seeds(evaluation: Evaluation, versus: str | None) -> None:
     if versus:
         table.add_column("worst margin", justify="right")
     for policy, values in rewards.items():
-        row = [f"{value:.3f}" for value in values] + [f"{sum(values) / len(values):.3f}"]
-        if versus and policy != versus:
-            margins = _margins(values, rewards[versus])
-            row = [f"{cell} ({_pct(m)})" for cell, m in zip(row, margins, strict=False)] + [row[-1]]
-            row.append(_pct(min(margins)) if all(math.isfinite(m) for m in margins) else "n/a")
-        table.add_row(policy, *row)
+        mean = f"{sum(values) / len(values):.3f}"
+        if not versus or policy == versus:
+            table.add_row(policy, *(f"{value:.3f}" for value in values), mean)
+            continue
+        margins = _margins(values, rewards[versus])
+        cells = [f"{value:.3f} ({_pct(m)})" for value, m in zip(values, margins, strict=True)]
+        worst = _pct(min(margins)) if all(math.isfinite(m) for m in margins) else "n/a"
+        table.add_row(policy, *cells, mean, worst)
     out.print(table)
 
 
